@@ -1,0 +1,135 @@
+"""Strict loading of user-written YAML into typed dataclasses.
+
+YAML here is data: it is parsed with ``yaml.safe_load`` (no tags that build objects), OmegaConf
+interpolation (``${...}``, which can call resolvers such as ``oc.env``) is refused, and every key is
+checked against the dataclass it fills. OmegaConf validates and converts the scalar fields of each
+level; nested dataclasses are converted level by level so that an error always names the full key path
+(OmegaConf alone reports ``width`` where the user needs ``stages[2].width``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def join_key(prefix: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{prefix}[{key}]"
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError("", f"{path}: is a directory, expected a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError("", f"{path}: not a UTF-8 text file") from None
+    return parse_yaml(text, source=str(path))
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError("", f"{source}: malformed YAML{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{source}: malformed YAML: {e}") from None
+
+
+def _nested_dataclass(tp: Any) -> tuple[type | None, type | None]:
+    """(element dataclass, container) for fields typed ``DC``, ``List[DC]`` or ``Tuple[DC, ...]``."""
+    if dataclasses.is_dataclass(tp):
+        return tp, None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
+        return args[0], origin
+    return None, None
+
+
+def _is_sequence_type(tp: Any) -> bool:
+    return typing.get_origin(tp) in (list, tuple)
+
+
+def _check_no_interpolation(data: Any, key: str) -> None:
+    if isinstance(data, str) and "${" in data:
+        raise ConfigError(key, f"interpolation {data!r} is not allowed: YAML here is data")
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            _check_no_interpolation(v, join_key(key, str(k)))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _check_no_interpolation(v, join_key(key, i))
+
+
+def from_data(cls: type[T], data: Any, key: str = "") -> T:
+    """Build dataclass ``cls`` from parsed YAML ``data``; every error names its key path."""
+    _check_no_interpolation(data, key)
+    return _from_data(cls, data, key)
+
+
+def _from_data(cls: type[T], data: Any, key: str) -> T:
+    if not isinstance(data, Mapping):
+        where = key or "the document"
+        raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for k in data:
+        if k not in fields:
+            allowed = ", ".join(fields)
+            raise ConfigError(join_key(key, str(k)), f"unknown key; expected one of: {allowed}")
+
+    values: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for name, value in data.items():
+        tp = hints[name]
+        elem, container = _nested_dataclass(tp)
+        sub = join_key(key, name)
+        if elem is not None and container is None:
+            values[name] = _from_data(elem, value, sub)
+        elif elem is not None:
+            if not isinstance(value, list):
+                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {value!r}")
+            items = [_from_data(elem, item, join_key(sub, i)) for i, item in enumerate(value)]
+            values[name] = container(items)
+        else:
+            if _is_sequence_type(tp) and not isinstance(value, list):
+                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {value!r}")
+            flat[name] = value
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(cls), flat)
+    except OmegaConfBaseException as e:
+        raise ConfigError(join_key(key, str(e.full_key)), _first_line(e)) from None
+    missing = [m for m in OmegaConf.missing_keys(cfg) if m.split(".")[0].split("[")[0] not in values]
+    if missing:
+        raise ConfigError(join_key(key, sorted(missing)[0]), "required key is missing")
+    for name in flat:
+        values[name] = OmegaConf.to_container(cfg[name]) if OmegaConf.is_config(cfg[name]) else cfg[name]
+    try:
+        return cls(**values)
+    except ConfigError as e:
+        raise e.under(key) from None
+
+
+def _first_line(e: OmegaConfBaseException) -> str:
+    msg = getattr(e, "msg", None) or str(e)
+    return msg.strip().splitlines()[0]

@@ -1,0 +1,206 @@
+"""``ArchSpec`` -> ``nn.Module`` from timm's FastViT building blocks, and reparameterisation.
+
+No block is re-implemented: the stem, stages, RepMixer and attention blocks, RepCPE and the final conv
+are timm's (``timm.models.fastvit``), and module names follow timm's ``FastVit`` so that its
+state_dict loads strictly. Two small extensions cover what timm's model class cannot express:
+
+* a width change without downsampling: a stride-1 ``PatchEmbed`` (``FastVitStage(down_stride=1)``);
+* an attention head size other than timm's 32: each ``AttentionBlock`` gets ``Attention(head_dim=...)``.
+"""
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead, LayerNorm2d
+from timm.models.fastvit import (
+    Attention,
+    AttentionBlock,
+    FastVitStage,
+    MobileOneBlock,
+    RepConditionalPosEnc,
+    convolutional_stem,
+)
+from timm.utils.model import reparameterize_model
+
+from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
+
+__all__ = ["ArchNet", "build_model", "reparameterize", "count_params"]
+
+#: Norm layers of attention blocks, by the names ``ArchSpec.norm`` accepts.
+NORM_LAYER_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
+    "batchnorm": nn.BatchNorm2d,
+    "layernorm2d": partial(LayerNorm2d, eps=1e-5),
+}
+
+#: Positional encodings by ``StageSpec.pos_enc``: a factory of the layer timm's stage expects, or None.
+POS_ENC_REGISTRY: Dict[str, Callable[[StageSpec], Optional[Callable[..., nn.Module]]]] = {
+    "none": lambda stage: None,
+    "cpe": lambda stage: partial(RepConditionalPosEnc, spatial_shape=(stage.cpe_kernel, stage.cpe_kernel)),
+}
+
+assert set(NORM_LAYER_REGISTRY) == set(NORM_LAYERS) and set(POS_ENC_REGISTRY) == set(POS_ENCODINGS)
+
+
+def _stage(
+    spec: ArchSpec,
+    stage: StageSpec,
+    dim_in: int,
+    drop_path_rates: list[float],
+    inference_mode: bool,
+    dd: dict,
+) -> FastVitStage:
+    # timm's FastVit forces a stride-2 downsample whenever the width changes; a stride-1 PatchEmbed
+    # lets a spec change width at constant resolution (e.g. FastViTHD without its extra stride).
+    needs_embed = stage.downsample or dim_in != stage.width
+    fv_stage = FastVitStage(
+        dim=dim_in,
+        dim_out=stage.width,
+        depth=stage.depth,
+        token_mixer_type=stage.token_mixer,
+        downsample=needs_embed,
+        se_downsample=stage.se_downsample,
+        down_patch_size=spec.down_patch_size,
+        down_stride=2 if stage.downsample else 1,
+        pos_emb_layer=POS_ENC_REGISTRY[stage.pos_enc](stage),
+        kernel_size=spec.repmixer_kernel,
+        mlp_ratio=stage.mlp_ratio,
+        act_layer=nn.GELU,
+        norm_layer=NORM_LAYER_REGISTRY[spec.norm],
+        drop_path_rate=drop_path_rates,
+        layer_scale_init_value=1e-5 if spec.layer_scale else None,
+        lkc_use_act=spec.lkc_act,
+        inference_mode=inference_mode,
+        **dd,
+    )
+    if stage.token_mixer == "attention" and spec.head_dim != 32:
+        for block in fv_stage.blocks:
+            assert isinstance(block, AttentionBlock)
+            block.token_mixer = Attention(dim=stage.width, head_dim=spec.head_dim, **dd)
+    return fv_stage
+
+
+class ArchNet(nn.Module):
+    """A backbone built from an ``ArchSpec``.
+
+    ``forward`` returns the final feature map ``(B, C, H/stride, W/stride)`` (the visual tokens a VLM
+    projects), the pooled embedding ``(B, C)`` with ``global_pool=True``, or logits with
+    ``num_classes > 0`` (timm's ``ClassifierHead``, as used by the training proxy).
+    """
+
+    def __init__(
+        self,
+        spec: ArchSpec,
+        *,
+        num_classes: int = 0,
+        global_pool: bool = False,
+        drop_path_rate: float = 0.0,
+        inference_mode: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.spec = spec
+        self.num_classes = num_classes
+        self.global_pool = global_pool or num_classes > 0
+        self.stem = convolutional_stem(
+            spec.in_chans,
+            spec.stages[0].width,
+            nn.GELU,
+            inference_mode,
+            use_scale_branch=spec.stem_scale_branch,
+            **dd,
+        )
+        # Drop path grows linearly with block index over the whole network, as in timm.
+        total = sum(spec.depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, dim, start = [], spec.stages[0].width, 0
+        for stage in spec.stages:
+            stages.append(_stage(spec, stage, dim, rates[start:start + stage.depth], inference_mode, dd))
+            dim, start = stage.width, start + stage.depth
+        self.stages = nn.Sequential(*stages)
+        if spec.final_conv:
+            self.final_conv = MobileOneBlock(
+                in_chs=dim,
+                out_chs=spec.out_channels,
+                kernel_size=3,
+                stride=1,
+                group_size=1,
+                inference_mode=inference_mode,
+                use_se=True,
+                act_layer=nn.GELU,
+                num_conv_branches=1,
+                **dd,
+            )
+        else:
+            self.final_conv = nn.Identity()
+        self.num_features = spec.out_channels
+        if num_classes > 0:
+            self.head = ClassifierHead(self.num_features, num_classes, pool_type="avg", **dd)
+        self.apply(_init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        if self.num_classes > 0:
+            return self.head(x)
+        if self.global_pool:
+            return x.mean(dim=(2, 3))
+        return x
+
+
+def _init_weights(m: nn.Module) -> None:
+    # timm's FastVit init: truncated normal for linear layers, convs keep PyTorch's default.
+    if isinstance(m, nn.Linear) and m.weight.device.type != "meta":
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def build_model(
+    spec: ArchSpec,
+    *,
+    num_classes: int = 0,
+    global_pool: bool = False,
+    drop_path_rate: float = 0.0,
+    inference_mode: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> ArchNet:
+    """Build the training-form model (``inference_mode=True`` builds the deploy form directly).
+
+    ``device="meta"`` builds without allocating: parameter counts and output shapes in milliseconds.
+    """
+    return ArchNet(
+        spec,
+        num_classes=num_classes,
+        global_pool=global_pool,
+        drop_path_rate=drop_path_rate,
+        inference_mode=inference_mode,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Fold every reparameterisable branch (MobileOne, RepMixer, RepCPE, large-kernel conv) for deployment.
+
+    Returns the deploy model in eval mode; the training-form model is left untouched unless ``inplace``.
+    """
+    was_training = model.training
+    model = model if inplace else copy.deepcopy(model)
+    model.eval()  # folding reads BatchNorm running statistics
+    model = reparameterize_model(model, inplace=True)
+    if inplace and was_training:
+        model.eval()
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,38 @@
+"""Errors raised for bad user input.
+
+The CLI prints an :class:`ArchsearchError` as one line and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+__all__ = ["ArchsearchError", "ConfigError", "InvalidSample"]
+
+
+class ArchsearchError(Exception):
+    """Base class for errors caused by input (files, YAML, names, values), not by archsearch itself."""
+
+
+class ConfigError(ArchsearchError, ValueError):
+    """A value or key in a spec, space or experiment file is wrong; ``key`` is its full path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> "ConfigError":
+        """The same error seen from a parent: ``width`` becomes ``stages[2].width``."""
+        if not prefix:
+            return self
+        if not self.key:
+            return ConfigError(prefix, self.message)
+        sep = "" if self.key.startswith("[") else "."
+        return ConfigError(f"{prefix}{sep}{self.key}", self.message)
+
+
+class InvalidSample(ArchsearchError):
+    """A point drawn from a search space breaks one of the space's rules; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
