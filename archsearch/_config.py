@@ -89,7 +89,7 @@ def from_data(cls: type[T], data: Any, key: str = "") -> T:
 def _from_data(cls: type[T], data: Any, key: str) -> T:
     if not isinstance(data, Mapping):
         where = key or "the document"
-        raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__} {data!r}")
+        raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__} {_short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for k in data:
@@ -107,12 +107,12 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
             values[name] = _from_data(elem, value, sub)
         elif elem is not None:
             if not isinstance(value, list):
-                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {value!r}")
+                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {_short(value)}")
             items = [_from_data(elem, item, join_key(sub, i)) for i, item in enumerate(value)]
             values[name] = container(items)
         else:
             if _is_sequence_type(tp) and not isinstance(value, list):
-                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {value!r}")
+                raise ConfigError(sub, f"expected a list, got {type(value).__name__} {_short(value)}")
             flat[name] = value
 
     try:
@@ -128,6 +128,11 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
         return cls(**values)
     except ConfigError as e:
         raise e.under(key) from None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(e: OmegaConfBaseException) -> str:

@@ -5,7 +5,8 @@ are timm's (``timm.models.fastvit``), and module names follow timm's ``FastVit``
 state_dict loads strictly. Two small extensions cover what timm's model class cannot express:
 
 * a width change without downsampling: a stride-1 ``PatchEmbed`` (``FastVitStage(down_stride=1)``);
-* an attention head size other than timm's 32: each ``AttentionBlock`` gets ``Attention(head_dim=...)``.
+* an attention head size other than timm's 32: :class:`HeadDimAttentionBlock`, timm's
+  ``AttentionBlock`` (same submodules, same names, timm's ``forward``) with ``Attention(head_dim=...)``.
 """
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from typing import Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
-from timm.layers import ClassifierHead, LayerNorm2d
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d
 from timm.models.fastvit import (
     Attention,
     AttentionBlock,
+    ConvMlp,
     FastVitStage,
+    LayerScale2d,
     MobileOneBlock,
     RepConditionalPosEnc,
     convolutional_stem,
@@ -28,7 +31,7 @@ from timm.utils.model import reparameterize_model
 
 from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
 
-__all__ = ["ArchNet", "build_model", "reparameterize", "count_params"]
+__all__ = ["ArchNet", "HeadDimAttentionBlock", "build_model", "reparameterize", "count_params"]
 
 #: Norm layers of attention blocks, by the names ``ArchSpec.norm`` accepts.
 NORM_LAYER_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
@@ -45,6 +48,39 @@ POS_ENC_REGISTRY: Dict[str, Callable[[StageSpec], Optional[Callable[..., nn.Modu
 assert set(NORM_LAYER_REGISTRY) == set(NORM_LAYERS) and set(POS_ENC_REGISTRY) == set(POS_ENCODINGS)
 
 
+class HeadDimAttentionBlock(AttentionBlock):
+    """timm's ``AttentionBlock`` with a configurable head size.
+
+    timm builds ``Attention(dim)`` with its default ``head_dim=32`` (and asserts ``dim % 32 == 0``), so
+    the head size cannot be changed after construction; this constructor sets up the same submodules
+    under the same names, and ``forward`` is timm's.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        head_dim: int,
+        mlp_ratio: float,
+        act_layer: Callable[..., nn.Module],
+        norm_layer: Callable[..., nn.Module],
+        drop_path: float = 0.0,
+        layer_scale_init_value: Optional[float] = 1e-5,
+        device=None,
+        dtype=None,
+    ) -> None:
+        dd = {"device": device, "dtype": dtype}
+        nn.Module.__init__(self)
+        self.norm = norm_layer(dim, **dd)
+        self.token_mixer = Attention(dim=dim, head_dim=head_dim, **dd)
+        scale = (lambda: LayerScale2d(dim, layer_scale_init_value, **dd)) if layer_scale_init_value is not None else nn.Identity
+        self.layer_scale_1 = scale()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.mlp = ConvMlp(in_chs=dim, hidden_channels=int(dim * mlp_ratio), act_layer=act_layer, **dd)
+        self.layer_scale_2 = scale()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+
 def _stage(
     spec: ArchSpec,
     stage: StageSpec,
@@ -56,10 +92,12 @@ def _stage(
     # timm's FastVit forces a stride-2 downsample whenever the width changes; a stride-1 PatchEmbed
     # lets a spec change width at constant resolution (e.g. FastViTHD without its extra stride).
     needs_embed = stage.downsample or dim_in != stage.width
+    custom_attention = stage.token_mixer == "attention" and spec.head_dim != 32
+    layer_scale = 1e-5 if spec.layer_scale else None
     fv_stage = FastVitStage(
         dim=dim_in,
         dim_out=stage.width,
-        depth=stage.depth,
+        depth=0 if custom_attention else stage.depth,
         token_mixer_type=stage.token_mixer,
         downsample=needs_embed,
         se_downsample=stage.se_downsample,
@@ -71,15 +109,27 @@ def _stage(
         act_layer=nn.GELU,
         norm_layer=NORM_LAYER_REGISTRY[spec.norm],
         drop_path_rate=drop_path_rates,
-        layer_scale_init_value=1e-5 if spec.layer_scale else None,
+        layer_scale_init_value=layer_scale,
         lkc_use_act=spec.lkc_act,
         inference_mode=inference_mode,
         **dd,
     )
-    if stage.token_mixer == "attention" and spec.head_dim != 32:
-        for block in fv_stage.blocks:
-            assert isinstance(block, AttentionBlock)
-            block.token_mixer = Attention(dim=stage.width, head_dim=spec.head_dim, **dd)
+    if custom_attention:
+        fv_stage.blocks = nn.Sequential(
+            *(
+                HeadDimAttentionBlock(
+                    stage.width,
+                    head_dim=spec.head_dim,
+                    mlp_ratio=stage.mlp_ratio,
+                    act_layer=nn.GELU,
+                    norm_layer=NORM_LAYER_REGISTRY[spec.norm],
+                    drop_path=rate,
+                    layer_scale_init_value=layer_scale,
+                    **dd,
+                )
+                for rate in drop_path_rates
+            )
+        )
     return fv_stage
 
 

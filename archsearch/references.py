@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 from .errors import ConfigError
 from .spec import ArchSpec, StageSpec
 
-__all__ = ["Reference", "REFERENCES", "get_reference", "reference_names"]
+__all__ = ["Reference", "REFERENCES", "get_reference", "load_spec", "reference_names"]
 
 
 @dataclass(frozen=True)
@@ -126,3 +126,18 @@ def get_reference(name: str) -> Reference:
     if key not in REFERENCES:
         raise ConfigError("reference", f"unknown reference {name!r}; known: {', '.join(REFERENCES)}")
     return REFERENCES[key]
+
+
+def load_spec(name_or_path: str) -> ArchSpec:
+    """A reference name (``fastvithd``) or the path of a spec YAML file."""
+    from pathlib import Path
+
+    looks_like_file = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path
+    if looks_like_file or Path(name_or_path).is_file():
+        return ArchSpec.load(name_or_path)
+    try:
+        return get_reference(name_or_path).spec
+    except ConfigError:
+        raise ConfigError(
+            "SPEC", f"{name_or_path!r} is neither a reference ({', '.join(REFERENCES)}) nor a spec YAML file"
+        ) from None

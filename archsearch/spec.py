@@ -184,6 +184,15 @@ class ArchSpec:
             raise ConfigError("head_dim", f"must be >= 1, got {self.head_dim}")
         if self.head_ratio <= 0:
             raise ConfigError("head_ratio", f"must be > 0, got {self.head_ratio}")
+        for i, (prev, stage) in enumerate(zip(self.stages, self.stages[1:]), start=1):
+            # PatchEmbed's large-kernel conv is grouped with groups=in_channels (a depthwise conv with a
+            # channel multiplier), so a stage that changes width must multiply the previous one.
+            if stage.width % prev.width:
+                raise ConfigError(
+                    f"stages[{i}].width",
+                    f"{stage.width} is not a multiple of the previous stage's width {prev.width} "
+                    "(FastViT's patch embedding is a grouped conv with groups=in_channels)",
+                )
         for i, stage in enumerate(self.stages):
             if stage.token_mixer == "attention" and stage.width % self.head_dim:
                 raise ConfigError(
@@ -241,6 +250,31 @@ class ArchSpec:
         h, w = self.grid(resolution)
         return h * w
 
+    def scaled(self, *, width_mult: float = 1.0, max_depth: int | None = None, round_to: int = 8) -> "ArchSpec":
+        """A smaller copy with the same topology: same stages, mixers, strides, so the same token grid.
+
+        The first width is scaled and rounded to a multiple of ``round_to``; later widths keep their
+        integer ratio to the previous stage (the grouped patch embedding needs it), so every width is a
+        multiple of ``round_to`` and the actual factor can differ from ``width_mult`` by the rounding.
+        ``head_dim`` becomes ``gcd(head_dim, round_to)`` so attention widths stay divisible by it.
+        Used for tests and for proxies of networks too big to train on this machine.
+        """
+        if width_mult <= 0:
+            raise ConfigError("width_mult", f"must be > 0, got {width_mult}")
+        if round_to < 1:
+            raise ConfigError("round_to", f"must be >= 1, got {round_to}")
+        if max_depth is not None and max_depth < 1:
+            raise ConfigError("max_depth", f"must be >= 1, got {max_depth}")
+        width = max(round_to, round(self.stages[0].width * width_mult / round_to) * round_to)
+        widths = [width]
+        for prev, stage in zip(self.stages, self.stages[1:]):
+            widths.append(widths[-1] * (stage.width // prev.width))
+        stages = tuple(
+            dataclasses.replace(s, width=w, depth=s.depth if max_depth is None else min(s.depth, max_depth))
+            for s, w in zip(self.stages, widths)
+        )
+        return dataclasses.replace(self, stages=stages, head_dim=math.gcd(self.head_dim, round_to))
+
     # --- identity and serialisation -------------------------------------------------------------
     def to_dict(self, *, include_name: bool = True) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -262,7 +296,7 @@ class ArchSpec:
         return dataclasses.replace(self, **changes)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
 
     @classmethod
     def from_dict(cls, data: Any, key: str = "") -> "ArchSpec":

@@ -1,0 +1,72 @@
+"""Each reference equals timm's registered model: parameter count, strict state_dict load, outputs."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from archsearch.build import build_model, count_params
+from archsearch.references import REFERENCES, get_reference, load_spec
+from archsearch.errors import ConfigError
+
+EXPECTED = {
+    "fastvit_t8", "fastvit_t12", "fastvit_s12", "fastvit_sa12", "fastvit_sa24", "fastvit_sa36", "fastvit_ma36",
+    "fastvit_mci0", "fastvit_mci1", "fastvit_mci2", "fastvithd", "fastvit_mci4",
+}
+
+
+def test_all_references_present():
+    assert set(REFERENCES) == EXPECTED
+    assert get_reference("fastvit_mci3") is REFERENCES["fastvithd"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_reference_equals_timm(name):
+    ref = REFERENCES[name]
+    # Meta device: shapes and names without allocating 300M parameters; load_state_dict still checks
+    # every key and every shape.
+    theirs = timm.create_model(ref.timm_name, num_classes=0, device="meta")
+    ours = build_model(ref.spec, device="meta")
+    assert count_params(ours) == count_params(theirs)
+    ours.load_state_dict(theirs.state_dict(), strict=True, assign=True)
+
+
+def test_strict_load_catches_a_wrong_spec():
+    theirs = timm.create_model("fastvit_sa12", num_classes=0, device="meta")
+    wrong = get_reference("fastvit_sa12").spec.replace(norm="layernorm2d")
+    with pytest.raises(RuntimeError):
+        build_model(wrong, device="meta").load_state_dict(theirs.state_dict(), strict=True, assign=True)
+
+
+@pytest.mark.parametrize("name", ["fastvit_t8", "fastvit_sa12", "fastvit_mci0"])
+def test_timm_weights_give_identical_features(name):
+    ref = REFERENCES[name]
+    torch.manual_seed(0)
+    theirs = timm.create_model(ref.timm_name, num_classes=0).eval()
+    ours = build_model(ref.spec).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs.forward_features(x), rtol=0, atol=0)
+
+
+def test_fastvithd_real_weights_identical_features():
+    ref = REFERENCES["fastvithd"]
+    torch.manual_seed(0)
+    theirs = timm.create_model(ref.timm_name, num_classes=0).eval()
+    ours = build_model(ref.spec).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        out = ours(x)
+        torch.testing.assert_close(out, theirs.forward_features(x), rtol=0, atol=0)
+    assert out.shape == (1, 3072, 2, 2)
+
+
+def test_load_spec_by_name_or_path(tmp_path):
+    spec = load_spec("fastvithd")
+    path = tmp_path / "hd.yaml"
+    spec.save(path)
+    assert load_spec(str(path)) == spec
+    with pytest.raises(ConfigError, match="neither a reference"):
+        load_spec("fastvit_xl")
