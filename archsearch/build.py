@@ -31,7 +31,16 @@ from timm.utils.model import reparameterize_model
 
 from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
 
-__all__ = ["ArchNet", "HeadDimAttentionBlock", "build_model", "reparameterize", "count_params"]
+__all__ = [
+    "ArchNet",
+    "HeadDimAttentionBlock",
+    "build_final_conv",
+    "build_model",
+    "build_stage",
+    "build_stem",
+    "count_params",
+    "reparameterize",
+]
 
 #: Norm layers of attention blocks, by the names ``ArchSpec.norm`` accepts.
 NORM_LAYER_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
@@ -81,14 +90,49 @@ class HeadDimAttentionBlock(AttentionBlock):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
 
-def _stage(
+def build_stem(spec: ArchSpec, *, inference_mode: bool = False, device=None, dtype=None) -> nn.Module:
+    """timm's stride-4 MobileOne stem, as wide as the first stage."""
+    return convolutional_stem(
+        spec.in_chans,
+        spec.stages[0].width,
+        nn.GELU,
+        inference_mode,
+        use_scale_branch=spec.stem_scale_branch,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def build_final_conv(spec: ArchSpec, *, inference_mode: bool = False, device=None, dtype=None) -> nn.Module:
+    """timm's ``final_conv`` (3x3 MobileOne block with SE) or an identity when the spec has none."""
+    if not spec.final_conv:
+        return nn.Identity()
+    return MobileOneBlock(
+        in_chs=spec.stages[-1].width,
+        out_chs=spec.out_channels,
+        kernel_size=3,
+        stride=1,
+        group_size=1,
+        inference_mode=inference_mode,
+        use_se=True,
+        act_layer=nn.GELU,
+        num_conv_branches=1,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def build_stage(
     spec: ArchSpec,
     stage: StageSpec,
     dim_in: int,
     drop_path_rates: list[float],
-    inference_mode: bool,
-    dd: dict,
+    inference_mode: bool = False,
+    device=None,
+    dtype=None,
 ) -> FastVitStage:
+    """One stage (patch embedding, positional encoding, blocks) from timm's ``FastVitStage``."""
+    dd = {"device": device, "dtype": dtype}
     # timm's FastVit forces a stride-2 downsample whenever the width changes; a stride-1 PatchEmbed
     # lets a spec change width at constant resolution (e.g. FastViTHD without its extra stride).
     needs_embed = stage.downsample or dim_in != stage.width
@@ -157,37 +201,16 @@ class ArchNet(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         self.global_pool = global_pool or num_classes > 0
-        self.stem = convolutional_stem(
-            spec.in_chans,
-            spec.stages[0].width,
-            nn.GELU,
-            inference_mode,
-            use_scale_branch=spec.stem_scale_branch,
-            **dd,
-        )
+        self.stem = build_stem(spec, inference_mode=inference_mode, **dd)
         # Drop path grows linearly with block index over the whole network, as in timm.
         total = sum(spec.depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, dim, start = [], spec.stages[0].width, 0
         for stage in spec.stages:
-            stages.append(_stage(spec, stage, dim, rates[start:start + stage.depth], inference_mode, dd))
+            stages.append(build_stage(spec, stage, dim, rates[start:start + stage.depth], inference_mode, **dd))
             dim, start = stage.width, start + stage.depth
         self.stages = nn.Sequential(*stages)
-        if spec.final_conv:
-            self.final_conv = MobileOneBlock(
-                in_chs=dim,
-                out_chs=spec.out_channels,
-                kernel_size=3,
-                stride=1,
-                group_size=1,
-                inference_mode=inference_mode,
-                use_se=True,
-                act_layer=nn.GELU,
-                num_conv_branches=1,
-                **dd,
-            )
-        else:
-            self.final_conv = nn.Identity()
+        self.final_conv = build_final_conv(spec, inference_mode=inference_mode, **dd)
         self.num_features = spec.out_channels
         if num_classes > 0:
             self.head = ClassifierHead(self.num_features, num_classes, pool_type="avg", **dd)

@@ -184,6 +184,195 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolutions(text: str) -> list[tuple[int, int]]:
+    return [parse_resolution(r) for r in text.split(",") if r.strip()] or [parse_resolution(text)]
+
+
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("latency")
+    g.add_argument("--backend", default="torch-cpu", help="torch-cpu | cuda | onnxruntime (default torch-cpu)")
+    g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
+    g.add_argument("--warmup", type=int, default=3)
+    g.add_argument("--repeats", type=int, default=10)
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model before timing")
+
+
+def _latency_config(args: argparse.Namespace, **extra):
+    from .measure import LatencyConfig
+
+    kwargs = dict(
+        backend=args.backend, warmup=args.warmup, repeats=args.repeats,
+        channels_last=args.channels_last, compile=args.compile, **extra,
+    )
+    if args.threads is not None:
+        kwargs["threads"] = args.threads
+    return LatencyConfig(**kwargs)
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="reference names or spec YAML paths")
+    p.add_argument("--resolution", "-r", default="1024", help="comma-separated sides or HxW (default 1024)")
+    p.add_argument("--metrics", "-m", default="params,macs,tokens",
+                   help="comma-separated: params,macs,tokens,latency,predicted_latency,ttft")
+    p.add_argument("--counter", default="fast", help="MAC counter: fast | fvcore | ptflops (default fast)")
+    p.add_argument("--llm", default="qwen2-0.5b", help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="text tokens prefilled with the visual tokens")
+    p.add_argument("--vs", metavar="SPEC", help="also time each spec interleaved with this one: latency ratio")
+    p.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    _latency_args(p)
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=_err, transient=True,
+    )
+
+
+@_command("measure", "measure params, MACs, tokens, latency, predicted latency and TTFT", _measure_args)
+def _measure(args: argparse.Namespace) -> int:
+    from .measure import MeasureCache, MeasureOptions, Measurer, compare_latency, parse_metrics
+    from .references import load_spec
+
+    metrics = parse_metrics(args.metrics)
+    specs = [load_spec(s) for s in args.specs]
+    vs = load_spec(args.vs) if args.vs else None
+    resolutions = _resolutions(args.resolution)
+    options = MeasureOptions(
+        counter=args.counter, latency=_latency_config(args), llm=args.llm, prompt_tokens=args.prompt_tokens
+    )
+    measurer = Measurer(options, MeasureCache(enabled=not args.no_cache))
+    if "ttft" in metrics:
+        measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
+    rows = []
+    with _progress() as progress:
+        task = progress.add_task("measuring", total=len(specs) * len(resolutions))
+        for spec in specs:
+            for res in resolutions:
+                progress.update(task, description=f"{spec.name or spec.code} @ {res[0]}x{res[1]}")
+                row = measurer.measure(spec, res, metrics)
+                if vs is not None:
+                    cmp = compare_latency(spec, vs, res, options.latency)
+                    row["latency_ratio_vs"] = {
+                        "vs": vs.name or vs.spec_hash, "median": cmp.ratio.median_ms, "iqr": cmp.ratio.iqr_ms,
+                        "a_median_ms": cmp.a.median_ms, "b_median_ms": cmp.b.median_ms, **cmp.conditions,
+                    }
+                rows.append(row)
+                progress.advance(task)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    _print_measure_table(rows, metrics, vs is not None)
+    return 0
+
+
+def _ms_iqr(lat: dict) -> str:
+    return f"{lat['median_ms']:.1f} ({lat['iqr_ms']:.1f})"
+
+
+def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> None:
+    columns = [("spec", lambda r: r["spec"]), ("res", lambda r: str(r["resolution"]))]
+    if "params" in metrics:
+        columns.append(("params (M)", lambda r: f"{r['params'] / 1e6:.2f}"))
+    if "macs" in metrics:
+        columns.append(("GMACs", lambda r: f"{r['gmacs']:.2f}"))
+    if "tokens" in metrics:
+        columns += [("stride", lambda r: str(r["stride"])), ("tokens", lambda r: str(r["tokens"]))]
+    if "latency" in metrics or "ttft" in metrics:
+        key = "latency" if "latency" in metrics else None
+        columns.append(("latency ms (IQR)", lambda r: _ms_iqr(r["latency"] if key else r["ttft"]["encoder"])))
+    if "predicted_latency" in metrics:
+        columns.append(("predicted ms", lambda r: f"{r['predicted_latency_ms']:.1f}"))
+    if "ttft" in metrics:
+        columns += [
+            ("prefill ms", lambda r: f"{r['ttft']['prefill_ms']:.0f}"),
+            ("TTFT ms", lambda r: f"{r['ttft_ms']:.0f}"),
+        ]
+    if ratio:
+        columns.append(("latency / vs (IQR)", lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
+    table = Table()
+    for name, _ in columns:
+        table.add_column(name, no_wrap=True)
+    for row in rows:
+        table.add_row(*(fn(row) for _, fn in columns))
+    _out.print(table)
+    lat = next((r.get("latency") or r.get("ttft", {}).get("encoder") for r in rows if "latency" in r or "ttft" in r), None)
+    if lat:
+        _out.print(
+            f"latency: {lat['backend']}, {lat['threads']} threads, median of {lat['repeats']} after {lat['warmup']} warm-up, "
+            f"reparameterized, denormals flushed, batch {lat['batch']}"
+        )
+    if "ttft" in metrics and rows:
+        t = rows[0]["ttft"]
+        _out.print(f"TTFT: encoder + {t['llm']} prefill of visual + {t['prompt_tokens']} prompt tokens (fitted per device)")
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to calibrate (default cpu)")
+    p.add_argument("--space", action="append", default=None, help="space(s) to sample from (default: search_spaces/*.yaml)")
+    p.add_argument("-n", type=int, default=15, help="specs sampled per space for the table (default 15)")
+    p.add_argument("--fit", type=int, default=6, help="whole models measured to fit the scale factor (default 6)")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--resolution", "-r", default=None, help="override the spaces' resolutions, e.g. 256,512")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@_command("calibrate", "measure this device's block-latency table for the latency predictor", _calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    import time
+
+    from .measure import LatencyConfig
+    from .measure.predictor import LatencyPredictor, components
+    from .space import draw, load_space
+
+    spaces = args.space or [str(p) for p in sorted(Path("search_spaces").glob("*.yaml"))]
+    if not spaces:
+        raise ConfigError("--space", "no space given and no search_spaces/*.yaml here")
+    overrides = [f"resolution=[{args.resolution}]"] if args.resolution else []
+    cfg = LatencyConfig(backend="cuda" if args.device == "cuda" else "torch-cpu",
+                        **({"threads": args.threads} if args.threads else {}))
+    predictor = LatencyPredictor(cfg)
+    candidates = []
+    for path in spaces:
+        found, _ = draw(load_space(path, overrides), args.n, seed=args.seed)
+        candidates += found
+    start = time.perf_counter()
+    comps = {c.key: c for cand in candidates for c in components(cand.spec, cand.resolution)}
+    before = len(predictor.entries)
+    with _progress() as progress:
+        task = progress.add_task("block table", total=len(comps))
+        for comp in comps.values():
+            predictor.measure_components([comp])
+            progress.advance(task)
+        predictor.save()
+        fit_on = candidates[:: max(1, len(candidates) // max(args.fit, 1))][: args.fit]
+        task = progress.add_task("whole models (scale fit)", total=len(fit_on))
+        fit = predictor.fit_scale([(c.spec, c.resolution) for c in fit_on], progress=lambda _: progress.advance(task))
+    report = {
+        "table": str(predictor.path),
+        "entries": len(predictor.entries),
+        "new_entries": len(predictor.entries) - before,
+        "scale": predictor.scale,
+        "fit_ratios": fit.get("ratios", []),
+        "seconds": round(time.perf_counter() - start, 1),
+        "backend": cfg.backend,
+        "threads": cfg.threads,
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _out.print(
+            f"calibrated {report['entries']} table entries ({report['new_entries']} new) in {report['seconds']} s; "
+            f"scale {report['scale']:.3f} from {len(report['fit_ratios'])} whole models -> {report['table']}"
+        )
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archsearch",

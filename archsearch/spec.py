@@ -228,11 +228,16 @@ class ArchSpec:
         """Short human label, e.g. ``R2-R12-R24-A4-A2/s64`` for FastViTHD."""
         return "-".join(s.code for s in self.stages) + f"/s{self.output_stride}"
 
-    def stage_grids(self, resolution: Resolution | str) -> list[tuple[int, int]]:
-        """Feature-map size (h, w) at the output of each stage, by conv arithmetic."""
+    def stem_grid(self, resolution: Resolution | str) -> tuple[int, int]:
+        """Feature-map size (h, w) after the stride-4 stem."""
         h, w = parse_resolution(resolution)
         for k, s, p in _STEM_CONVS:
             h, w = _conv_out(h, k, s, p), _conv_out(w, k, s, p)
+        return h, w
+
+    def stage_grids(self, resolution: Resolution | str) -> list[tuple[int, int]]:
+        """Feature-map size (h, w) at the output of each stage, by conv arithmetic."""
+        h, w = self.stem_grid(resolution)
         k = self.down_patch_size
         grids = []
         for stage in self.stages:

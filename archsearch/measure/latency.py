@@ -1,0 +1,315 @@
+"""On-device latency of a spec's deploy (reparameterised) model, with the conditions it was taken under.
+
+Pitfalls this module exists to avoid (measured on this project's machines):
+
+* randomly initialised FastViT nets produce denormal floats; without flushing them CPU latency is
+  bimodal (45 ms vs 2.3 s medians for one model), so ``torch.set_flush_denormal(True)`` always;
+* thread count changes everything: it is fixed, and recorded;
+* one number hides noise: each result is a median with IQR and CV over ``repeats`` timed runs after
+  ``warmup`` runs; on a shared machine compare designs with :func:`compare_latency`, which times A and
+  B interleaved (A B A B ...) and reports the ratio, so drift hits both alike.
+
+The deploy model is built directly in inference mode (``build_model(..., inference_mode=True)``),
+which has exactly the structure ``reparameterize`` produces (the test suite loads one into the other).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..build import build_model
+from ..errors import ConfigError
+from ..spec import ArchSpec, Resolution, parse_resolution
+from .device import device_fingerprint, device_info
+
+__all__ = [
+    "LATENCY_BACKENDS",
+    "Latency",
+    "LatencyComparison",
+    "LatencyConfig",
+    "LatencyStats",
+    "compare_latency",
+    "measure_latency",
+    "time_module",
+]
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    backend: str = "torch-cpu"
+    #: Intra-op threads (torch and ONNX Runtime); default: every core of this machine.
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    warmup: int = 3
+    repeats: int = 10
+    batch: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    #: Stop timing once this many seconds are spent (after at least 3 repeats); None: all repeats.
+    time_budget_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in LATENCY_BACKENDS:
+            raise ConfigError("backend", f"{self.backend!r} is not one of: {', '.join(LATENCY_BACKENDS)}")
+        for key, lo in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
+            if getattr(self, key) < lo:
+                raise ConfigError(key, f"must be >= {lo}, got {getattr(self, key)}")
+        if self.compile and self.backend == "onnxruntime":
+            raise ConfigError("compile", "torch.compile does not apply to the onnxruntime backend")
+
+    def cache_key(self) -> dict:
+        d = asdict(self)
+        d.pop("time_budget_s")
+        return d
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    iqr_ms: float
+    mean_ms: float
+    cv: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: List[float]) -> "LatencyStats":
+        if not samples_ms:
+            raise ValueError("no samples")
+        xs = sorted(samples_ms)
+        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) > 1 else (xs[0], xs[0], xs[0])
+        mean = statistics.fmean(xs)
+        std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return cls(
+            median_ms=statistics.median(xs),
+            q1_ms=q1,
+            q3_ms=q3,
+            iqr_ms=q3 - q1,
+            mean_ms=mean,
+            cv=std / mean if mean else 0.0,
+            min_ms=xs[0],
+            max_ms=xs[-1],
+            repeats=len(xs),
+        )
+
+
+@dataclass(frozen=True)
+class Latency:
+    latency_ms: float
+    stats: LatencyStats
+    conditions: Dict[str, object]
+
+    def to_dict(self) -> dict:
+        return {"latency_ms": self.latency_ms, "stats": asdict(self.stats), "conditions": dict(self.conditions)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Latency":
+        return cls(d["latency_ms"], LatencyStats(**d["stats"]), d["conditions"])
+
+
+# --- backends -----------------------------------------------------------------------------------
+@dataclass
+class _Prepared:
+    """A ready-to-time forward: ``run()`` does one inference; ``sync`` waits for the device."""
+
+    run: Callable[[], object]
+    sync: Callable[[], None] = lambda: None
+    timer: Optional[Callable[[Callable[[], object]], float]] = None  # returns ms; default perf_counter
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _example(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(cfg.batch, spec.in_chans, *hw, generator=g)
+
+
+def _torch_forward(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Callable[[], object]:
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if cfg.compile:
+        model = torch.compile(model)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
+def _prepare_torch_cpu(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
+    return _Prepared(run=_torch_forward(model, x, cfg))
+
+
+def _prepare_cuda(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
+    if not torch.cuda.is_available():
+        raise ConfigError("backend", "cuda: no CUDA device is available on this machine")
+    run = _torch_forward(model.cuda(), x.cuda(), cfg)
+
+    def timer(fn: Callable[[], object]) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+
+    return _Prepared(run=run, sync=torch.cuda.synchronize, timer=timer)
+
+
+def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        # The TorchScript exporter: the default (dynamo) one needs onnxscript, which we do not ship.
+        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = cfg.threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return _Prepared(run=lambda: session.run(None, feed))
+
+
+#: Latency backends by name: each turns (deploy model, example input, config) into a timed forward.
+LATENCY_BACKENDS: Dict[str, Callable[[nn.Module, torch.Tensor, LatencyConfig], _Prepared]] = {
+    "torch-cpu": _prepare_torch_cpu,
+    "cuda": _prepare_cuda,
+    "onnxruntime": _prepare_onnxruntime,
+}
+
+
+def _timed(prepared: _Prepared) -> float:
+    if prepared.timer is not None:
+        return prepared.timer(prepared.run)
+    start = time.perf_counter_ns()
+    prepared.run()
+    prepared.sync()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _deploy_model(spec: ArchSpec) -> nn.Module:
+    torch.manual_seed(0)
+    return build_model(spec, inference_mode=True).eval()
+
+
+def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[str, object]:
+    device = "cuda" if cfg.backend == "cuda" else "cpu"
+    return {
+        "backend": cfg.backend,
+        "device": device_info(device),
+        "device_fingerprint": device_fingerprint(device),
+        "threads": cfg.threads,
+        "warmup": cfg.warmup,
+        "repeats": repeats,
+        "batch": cfg.batch,
+        "resolution": list(hw),
+        "dtype": "float32",
+        "channels_last": cfg.channels_last,
+        "compile": cfg.compile,
+        "flush_denormal": True,
+        "model_form": "reparameterized",
+    }
+
+
+@contextlib.contextmanager
+def _timing_environment(cfg: LatencyConfig) -> Iterator[None]:
+    torch.set_flush_denormal(True)
+    with _torch_threads(cfg.threads):
+        yield
+
+
+def time_module(module: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> LatencyStats:
+    """Median-of-repeats latency of any module on ``x`` (the predictor times blocks with it)."""
+    with _timing_environment(cfg):
+        prepared = LATENCY_BACKENDS[cfg.backend](module.eval(), x, cfg)
+        return LatencyStats.from_samples(_sample(prepared, cfg))
+
+
+def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
+    for _ in range(cfg.warmup):
+        prepared.run()
+    prepared.sync()
+    samples: List[float] = []
+    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
+    for _ in range(cfg.repeats):
+        samples.append(_timed(prepared))
+        if deadline is not None and len(samples) >= 3 and time.monotonic() > deadline:
+            break
+    return samples
+
+
+def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
+    cfg = config or LatencyConfig()
+    hw = parse_resolution(resolution)
+    with _timing_environment(cfg):
+        prepared = LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
+        samples = _sample(prepared, cfg)
+    stats = LatencyStats.from_samples(samples)
+    return Latency(stats.median_ms, stats, _conditions(cfg, hw, stats.repeats))
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """``ratio`` = latency(A) / latency(B), from pairs timed back to back."""
+
+    ratio: LatencyStats  # in units of "ratio", not ms
+    a: LatencyStats
+    b: LatencyStats
+    conditions: Dict[str, object]
+
+    def to_dict(self) -> dict:
+        return {"ratio": asdict(self.ratio), "a": asdict(self.a), "b": asdict(self.b), "conditions": self.conditions}
+
+
+def compare_latency(
+    a: ArchSpec,
+    b: ArchSpec,
+    resolution: Resolution,
+    config: Optional[LatencyConfig] = None,
+    *,
+    resolution_b: Optional[Resolution] = None,
+) -> LatencyComparison:
+    """Time A and B interleaved (A B A B ...); the per-pair ratio survives a drifting, shared machine."""
+    cfg = config or LatencyConfig()
+    hw_a = parse_resolution(resolution)
+    hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
+    with _timing_environment(cfg):
+        pa = LATENCY_BACKENDS[cfg.backend](_deploy_model(a), _example(a, hw_a, cfg), cfg)
+        pb = LATENCY_BACKENDS[cfg.backend](_deploy_model(b), _example(b, hw_b, cfg), cfg)
+        for _ in range(cfg.warmup):
+            pa.run()
+            pb.run()
+        ta, tb = [], []
+        for _ in range(cfg.repeats):
+            ta.append(_timed(pa))
+            tb.append(_timed(pb))
+    ratios = [x / y for x, y in zip(ta, tb)]
+    conditions = _conditions(cfg, hw_a, cfg.repeats)
+    conditions.update(resolution_b=list(hw_b), interleaved=True)
+    return LatencyComparison(
+        LatencyStats.from_samples(ratios), LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), conditions
+    )
+
