@@ -16,7 +16,8 @@ from .spec import ArchSpec, parse_resolution
 
 __all__ = ["main"]
 
-_out = Console()
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns.
+_out = Console(width=None if sys.stdout.isatty() else 160)
 _err = Console(stderr=True)
 
 #: Subcommands by name: (add arguments, run). Filled by ``_command`` where each is defined.
@@ -370,6 +371,95 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"calibrated {report['entries']} table entries ({report['new_entries']} new) in {report['seconds']} s; "
             f"scale {report['scale']:.3f} from {len(report['fit_ratios'])} whole models -> {report['table']}"
         )
+    return 0
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trials", metavar="TRIALS.yaml", help="experiment file (trials/*.yaml)")
+    p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, sqlite:///archsearch.db)")
+    p.add_argument("--pareto-out", default=None, help="also export the Pareto front to this directory at the end")
+    _accept_overrides(p, "the experiment file")
+
+
+def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
+    import os
+    import tempfile
+
+    from .pareto import export_pareto
+    from .search import SearchRunner
+    from .trials import load_trials
+
+    cfg = load_trials(args.trials, args.overrides)
+    warned = []
+    runner = SearchRunner(
+        cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0,
+        warn=lambda msg: (warned.append(msg), _err.print(f"warning: {msg}", markup=False, highlight=False)),
+    )
+    budget = args.n_trials or cfg.n_trials
+    study = runner.study
+    before = runner.counted_trials()
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
+            result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
+    except KeyboardInterrupt:
+        done = len(study.get_trials(states=(optuna_states().COMPLETE, optuna_states().PRUNED)))
+        _err.print(f"archsearch: interrupted; {done} finished trials of {cfg.study!r} are kept in "
+                   f"{runner.url.split('@')[-1]}; run the same command to continue", markup=False, highlight=False)
+        return 130
+    states = {st.name: len(study.get_trials(states=(st,))) for st in optuna_states()}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = export_pareto(study, Path(args.pareto_out) if args.pareto_out else Path(tmp))
+        if not worker:
+            runner.tracker.log_study_artifacts(runner.parent_run_id, Path(args.pareto_out or tmp))
+    if not worker and result.stopped == "budget":
+        runner.tracker.finish_study(runner.parent_run_id)
+    _out.print(
+        f"study {cfg.study!r} in {runner.url.split('@')[-1]}: ran {result.ran} trials here; "
+        + ", ".join(f"{v} {k.lower()}" for k, v in states.items() if v)
+        + f"; stopped by {result.stopped}; {len(rows)} on the Pareto front"
+        + ("" if runner.tracker.enabled else " (MLflow tracking off)")
+    )
+    names = [o.name for o in cfg.objectives]
+    table = Table(title="Pareto front")
+    for col in ("trial", "arch", "res", *names, "FastViTHD-like", "dominates"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(str(r.number), r.spec.code, str(r.resolution), *(f"{v:.4g}" for v in r.values),
+                      "yes" if r.fastvithd_like else "", ",".join(r.dominates))
+    _out.print(table)
+    return 0
+
+
+def optuna_states():
+    from optuna.trial import TrialState
+
+    return TrialState
+
+
+@_command("search", "run (or resume) the Optuna study of an experiment file", _search_args)
+def _search(args: argparse.Namespace) -> int:
+    return _run_search(args, worker=False)
+
+
+@_command("worker", "join an experiment's study as one more worker (shared storage, e.g. PostgreSQL)", _search_args)
+def _worker(args: argparse.Namespace) -> int:
+    return _run_search(args, worker=True)
+
+
+def _pareto_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="study name")
+    p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL")
+    p.add_argument("--out", required=True, help="directory for the Pareto specs, pareto.csv, pareto.md, pareto.png")
+
+
+@_command("pareto", "export a study's Pareto-optimal specs and tables", _pareto_args)
+def _pareto(args: argparse.Namespace) -> int:
+    from .pareto import export_pareto, load_study
+
+    rows = export_pareto(load_study(args.study, args.storage), Path(args.out))
+    _out.print(f"{len(rows)} Pareto-optimal specs -> {args.out} (pareto.csv, pareto.md, pareto.png)")
     return 0
 
 

@@ -273,6 +273,38 @@ class SearchSpace:
         except ConfigError as e:
             raise InvalidSample(str(e)) from None
 
+    def params_for(self, spec: ArchSpec, resolution: int) -> Optional[Dict[str, Any]]:
+        """Trial parameters that sample exactly ``(spec, resolution)``, or None if it is not in the space.
+
+        Used to enqueue reference designs as ordinary trials. Absent stage positions get their first
+        choice (they do not affect the spec).
+        """
+        cfg = self.config
+        n = spec.num_stages
+        if n not in cfg.num_stages or resolution not in cfg.resolution or spec.output_stride not in cfg.output_stride:
+            return None
+        params: Dict[str, Any] = {"resolution": resolution, "num_stages": n, "output_stride": spec.output_stride}
+        if cfg.rules.attention_after_repmixer:
+            params["num_attention_stages"] = sum(s.token_mixer == "attention" for s in spec.stages)
+        prev_width = None
+        for i, st in enumerate(cfg.stages[: self.max_stages]):
+            stage = spec.stages[i] if i < n else None
+            if st.width is not None:
+                params[f"s{i}_width"] = stage.width if stage else st.width[0]
+            else:
+                mult = stage.width // prev_width if stage and prev_width and stage.width % prev_width == 0 else None
+                params[f"s{i}_width_mult"] = mult if stage else st.width_mult[0]
+            for key in ("depth", "mlp_ratio", "pos_enc", "se_downsample"):
+                params[f"s{i}_{key}"] = getattr(stage, key) if stage else getattr(st, key)[0]
+            if not cfg.rules.attention_after_repmixer:
+                params[f"s{i}_token_mixer"] = stage.token_mixer if stage else st.token_mixer[0]
+            prev_width = stage.width if stage else prev_width
+        try:
+            got = self.sample_candidate(optuna.trial.FixedTrial(params))
+        except (InvalidSample, ValueError):
+            return None
+        return params if got.spec == spec and got.resolution == resolution else None
+
     def sample_candidate(self, trial: optuna.Trial) -> Candidate:
         """Spec and resolution; also enforces ``rules.min_grid``, which depends on both."""
         resolution = self.sample_resolution(trial)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,13 @@ import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    # Measurements and latency tables go to a throw-away directory, never the user's cache.
+    os.environ["ARCHSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("archsearch-cache"))
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -36,3 +44,14 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             if name.endswith("gamma") or name.endswith("layer_scale"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return model
+
+
+TINY_LLM_YAML = """
+name: tiny-llm
+layers: 2
+hidden: 64
+heads: 4
+kv_heads: 2
+intermediate: 128
+vocab: 1000
+"""

@@ -81,3 +81,65 @@ def test_unknown_command_exits_2():
     with pytest.raises(SystemExit) as info:
         main(["fly"])
     assert info.value.code == 2
+
+
+def test_measure_json_rows(capsys):
+    rows = _json(capsys, "measure", "fastvithd", "fastvit_sa12", "-r", "256,512", "-m", "params,macs,tokens", "--json")
+    assert [(r["spec"], r["resolution"]) for r in rows] == [
+        ("fastvithd", 256), ("fastvithd", 512), ("fastvit_sa12", 256), ("fastvit_sa12", 512)
+    ]
+    hd512 = rows[1]
+    assert hd512["tokens"] == 64 and hd512["stride"] == 64 and hd512["params"] == 122_875_584
+    assert hd512["macs"] == sum(hd512["macs_by_op"].values()) and hd512["macs_conditions"]["counter"] == "fast"
+    assert rows[3]["tokens"] == 4 * hd512["tokens"]
+
+
+def test_measure_latency_and_ttft(tmp_path, capsys):
+    from .conftest import TINY_LLM_YAML
+    from archsearch.references import get_reference
+
+    spec = tmp_path / "tiny.yaml"
+    get_reference("fastvithd").spec.scaled(width_mult=0.125, max_depth=1).save(spec)
+    llm = tmp_path / "llm.yaml"
+    llm.write_text(TINY_LLM_YAML)
+    rows = _json(
+        capsys, "measure", str(spec), "-r", "128", "-m", "tokens,latency,ttft,predicted_latency", "--llm", str(llm),
+        "--threads", "1", "--warmup", "1", "--repeats", "3", "--vs", "fastvit_t8", "--json",
+    )
+    row = rows[0]
+    for key in ("resolution", "tokens", "latency_ms", "ttft_ms", "predicted_latency_ms"):
+        assert key in row
+    lat = row["latency"]
+    assert lat["backend"] == "torch-cpu" and lat["threads"] == 1 and lat["repeats"] == 3 and lat["iqr_ms"] >= 0
+    assert row["ttft_ms"] == row["ttft"]["encoder_ms"] + row["ttft"]["prefill_ms"]
+    assert row["ttft"]["visual_tokens"] == 4 and row["ttft"]["llm"] == "tiny-llm"
+    assert row["latency_ratio_vs"]["vs"] == "fastvit_t8" and row["latency_ratio_vs"]["interleaved"] is True
+    # The table form prints the conditions under the numbers.
+    assert main(["measure", str(spec), "-r", "128", "-m", "latency", "--threads", "1", "--repeats", "3"]) == 0
+    assert "1 threads, median of 3" in capsys.readouterr().out
+
+
+def test_calibrate(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "name: t\nresolution: [64]\nnum_stages: [2]\noutput_stride: [8]\nfixed: {head_dim: 8}\n"
+        "stages:\n  - {depth: [1], width: [8]}\n  - {depth: [1, 2], width_mult: [1, 2]}\n"
+    )
+    report = _json(capsys, "calibrate", "--space", str(space), "-n", "3", "--fit", "2", "--threads", "1", "--json")
+    assert report["entries"] >= 3 and report["scale"] > 0 and len(report["fit_ratios"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["measure", "fastvithd", "-m", "speed"], "metrics: 'speed' is not one of"),
+        (["measure", "fastvithd", "-m", "ttft", "--llm", "gpt-9"], "llm: 'gpt-9' is neither a preset"),
+        (["measure", "fastvithd", "-m", "latency", "--backend", "tpu"], "backend: 'tpu' is not one of"),
+        (["measure", "fastvithd", "--counter", "abacus"], "counter: 'abacus'"),
+        (["measure", "fastvithd", "-r", "0"], "resolution: 0 must be positive"),
+    ],
+)
+def test_measure_bad_input(args, expected, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1

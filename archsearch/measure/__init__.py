@@ -58,7 +58,7 @@ def _latency_fields(lat: Latency) -> dict:
     s = lat.stats
     return {
         "median_ms": s.median_ms, "q1_ms": s.q1_ms, "q3_ms": s.q3_ms, "iqr_ms": s.iqr_ms, "cv": s.cv,
-        "min_ms": s.min_ms, "max_ms": s.max_ms, **lat.conditions,
+        "min_ms": s.min_ms, "max_ms": s.max_ms, "p10_ms": s.p10_ms, **lat.conditions,
     }
 
 

@@ -82,6 +82,8 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     repeats: int
+    #: 10th percentile: interference on a shared machine only adds time, so low quantiles drift less.
+    p10_ms: float = 0.0
 
     @classmethod
     def from_samples(cls, samples_ms: List[float]) -> "LatencyStats":
@@ -101,6 +103,7 @@ class LatencyStats:
             min_ms=xs[0],
             max_ms=xs[-1],
             repeats=len(xs),
+            p10_ms=statistics.quantiles(xs, n=10, method="inclusive")[0] if len(xs) > 1 else xs[0],
         )
 
 

@@ -1,0 +1,143 @@
+"""The Pareto front of a study: specs as YAML, a table (CSV, Markdown), a plot, dominance over references.
+
+"FastViTHD-like" follows the FastVLM paper's design: RepMixer stages, then self-attention stages (at
+least one of each, none interleaved), and an output stride of 64.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from .errors import ConfigError
+from .spec import ArchSpec
+
+__all__ = ["ParetoRow", "dominates", "export_pareto", "is_fastvithd_like", "load_study", "pareto_rows"]
+
+
+def is_fastvithd_like(spec: ArchSpec) -> bool:
+    mixers = [s.token_mixer for s in spec.stages]
+    k = mixers.count("attention")
+    return 0 < k < len(mixers) and mixers[-k:] == ["attention"] * k and spec.output_stride == 64
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
+    """a is no worse than b in every objective and better in one."""
+    sign = [1 if d == "minimize" else -1 for d in directions]
+    no_worse = all(s * x <= s * y for s, x, y in zip(sign, a, b))
+    better = any(s * x < s * y for s, x, y in zip(sign, a, b))
+    return no_worse and better
+
+
+@dataclass
+class ParetoRow:
+    number: int
+    spec: ArchSpec
+    resolution: int
+    values: List[float]
+    fastvithd_like: bool
+    dominates: List[str]
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        try:
+            known = optuna.get_all_study_names(storage)
+        except Exception:  # noqa: BLE001
+            known = []
+        raise ConfigError("STUDY", f"no study {name!r} in {storage}; studies there: {', '.join(known) or 'none'}") from None
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError("storage", f"cannot open {storage}: {str(e).splitlines()[0][:200]}") from None
+
+
+def pareto_rows(study: optuna.Study) -> List[ParetoRow]:
+    directions = [d.name.lower() for d in study.directions]
+    refs = study.user_attrs.get("references", [])
+    # Optuna's best_trials honours constraints: infeasible trials are never on the front.
+    best = sorted(study.best_trials, key=lambda t: t.values)
+    rows, seen = [], set()
+    for t in best:
+        if "spec" not in t.user_attrs or t.state != TrialState.COMPLETE:
+            continue
+        # The same (spec, resolution) sampled twice is one design; keep its first trial.
+        key = (t.user_attrs.get("spec_hash"), t.user_attrs.get("resolution"))
+        if key in seen:
+            continue
+        seen.add(key)
+        spec = ArchSpec.from_dict(t.user_attrs["spec"])
+        beaten = [r["name"] for r in refs if dominates(t.values, r["values"], directions)]
+        rows.append(ParetoRow(t.number, spec, int(t.user_attrs["resolution"]), list(t.values), is_fastvithd_like(spec), beaten))
+    return rows
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.4e}"
+
+
+def export_pareto(study: optuna.Study, out: Path, *, plot: bool = True) -> List[ParetoRow]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    rows = pareto_rows(study)
+    header = ["trial", "arch", "resolution", "output_stride", "spec_hash", *names, "fastvithd_like", "dominates_references", "file"]
+    table = []
+    for r in rows:
+        file = f"pareto_trial{r.number:04d}_{r.spec.spec_hash}.yaml"
+        (out / file).write_text(f"# trial {r.number} of {study.study_name}; resolution {r.resolution}\n" + r.spec.to_yaml(), encoding="utf-8")
+        table.append([r.number, r.spec.code, r.resolution, r.spec.output_stride, r.spec.spec_hash, *r.values,
+                      r.fastvithd_like, ";".join(r.dominates), file])
+    with open(out / "pareto.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(table)
+    refs = study.user_attrs.get("references", [])
+    md = [f"# Pareto front of `{study.study_name}`\n",
+          f"{len(rows)} Pareto-optimal trials of {len(study.get_trials(states=(TrialState.COMPLETE,)))} complete; "
+          f"objectives: " + ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions)) + ".\n",
+          "| " + " | ".join(header[:-1]) + " |", "|" + " --- |" * (len(header) - 1)]
+    for row in table:
+        md.append("| " + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in row[:-1]) + " |")
+    if refs:
+        md += ["", "References (evaluated with the same measurements):", "",
+               "| reference | resolution | " + " | ".join(names) + " | feasible | in space |",
+               "|" + " --- |" * (len(names) + 4)]
+        for r in refs:
+            md.append(f"| {r['name']} | {r['resolution']} | " + " | ".join(_fmt(v) for v in r["values"])
+                      + f" | {r['feasible']} | {r['in_space']} |")
+    (out / "pareto.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    if plot and len(names) >= 2:
+        _plot(study, names, rows, refs, out / "pareto.png")
+    return rows
+
+
+def _plot(study: optuna.Study, names: List[str], rows: List[ParetoRow], refs: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.values]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter([t.values[0] for t in done], [t.values[1] for t in done], s=12, c="0.7", label="trials")
+    front = sorted(rows, key=lambda r: r.values[0])
+    ax.plot([r.values[0] for r in front], [r.values[1] for r in front], "o-", c="C0", ms=5, label="Pareto front")
+    hd = [r for r in front if r.fastvithd_like]
+    if hd:
+        ax.scatter([r.values[0] for r in hd], [r.values[1] for r in hd], s=60, facecolors="none", edgecolors="C3",
+                   label="FastViTHD-like")
+    for r in refs:
+        ax.scatter([r["values"][0]], [r["values"][1]], marker="*", s=120, c="C1")
+        ax.annotate(r["name"], (r["values"][0], r["values"][1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"{names[0]} ({study.directions[0].name.lower()})")
+    ax.set_ylabel(f"{names[1]} ({study.directions[1].name.lower()})")
+    ax.set_title(study.study_name)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

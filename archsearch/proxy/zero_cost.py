@@ -1,0 +1,151 @@
+"""Zero-cost accuracy proxies at initialisation: synflow, naswot, grad_norm, snip.
+
+Each scores a freshly initialised network from one mini-batch, deterministically for a seed. A spec too
+big to score on this machine is scored on a scaled-down copy (same topology, narrower and shallower,
+smaller input): ``ProxyConfig`` holds that scaling rule and is logged with every score.
+
+* ``synflow`` (Tanaka et al., 2020): sum |theta * dR/dtheta| with R the output sum of the network with
+  absolute-valued weights on an all-ones input, in float64; data-free. Zero when a layer every path
+  crosses is dead.
+* ``naswot`` (Mellor et al., 2021): log|det K| of the Hamming-similarity kernel of the binary codes
+  (pre-activation > 0) that a batch leaves at every GELU; higher when inputs are told apart.
+* ``grad_norm``: sum over parameters of ||dL/dtheta||_2 for cross-entropy on the batch.
+* ``snip`` (Lee et al., 2019): sum |theta * dL/dtheta| for the same loss.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..build import build_model
+from ..errors import ConfigError
+from ..spec import ArchSpec
+
+__all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How a spec is scored: the scaling rule (width, depth, resolution), batch and seed."""
+
+    width_mult: float = 0.25
+    max_depth: Optional[int] = 2
+    round_to: int = 8
+    resolution: int = 64
+    batch_size: int = 16
+    num_classes: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.width_mult <= 0:
+            raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
+        for key in ("resolution", "batch_size", "num_classes", "round_to"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+
+    def scaled(self, spec: ArchSpec) -> ArchSpec:
+        if self.width_mult == 1.0 and self.max_depth is None:
+            return spec
+        return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
+
+
+@dataclass(frozen=True)
+class ProxyScore:
+    name: str
+    score: float
+    seconds: float
+    config: Dict[str, object]
+    scored_spec_hash: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def proxy_batch(cfg: ProxyConfig, in_chans: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded batch of Gaussian images and labels (the default data of the zero-cost proxies)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(cfg.batch_size, in_chans, cfg.resolution, cfg.resolution, generator=g)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g)
+    return x, y
+
+
+def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model = model.double().eval()
+    with torch.no_grad():
+        signs = {}
+        for name, p in model.state_dict().items():
+            if p.is_floating_point():
+                signs[name] = torch.sign(p)
+                p.abs_()
+    model.zero_grad()
+    ones = torch.ones((1, *x.shape[1:]), dtype=torch.float64)
+    model(ones).sum().backward()
+    score = sum((p * p.grad).abs().sum().item() for p in model.parameters() if p.grad is not None)
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if name in signs:
+                p.mul_(signs[name])
+    return float(score)
+
+
+def naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model = model.eval()
+    n = x.shape[0]
+    kernel = torch.zeros(n, n, dtype=torch.float64)
+
+    def hook(module: nn.Module, inputs, output) -> None:
+        codes = (inputs[0].detach().reshape(n, -1) > 0).double()
+        kernel.add_(codes @ codes.T + (1 - codes) @ (1 - codes).T)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    sign, logdet = torch.linalg.slogdet(kernel)
+    return float(logdet) if sign > 0 else float("-inf")
+
+
+def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.train()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+
+
+def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    _loss_grads(model, x, y)
+    return float(sum(p.grad.norm().item() for p in model.parameters() if p.grad is not None))
+
+
+def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    _loss_grads(model, x, y)
+    return float(sum((p * p.grad).abs().sum().item() for p in model.parameters() if p.grad is not None))
+
+
+#: Zero-cost proxies by name: (model with a classifier head, images, labels) -> score; higher is better.
+PROXIES: Dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], float]] = {
+    "synflow": synflow,
+    "naswot": naswot,
+    "grad_norm": grad_norm,
+    "snip": snip,
+}
+
+
+def score_proxy(spec: ArchSpec, name: str, config: Optional[ProxyConfig] = None) -> ProxyScore:
+    if name not in PROXIES:
+        raise ConfigError("proxy", f"{name!r} is not one of: {', '.join(PROXIES)}")
+    cfg = config or ProxyConfig()
+    scored = cfg.scaled(spec)
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build_model(scored, num_classes=cfg.num_classes)
+    x, y = proxy_batch(cfg, spec.in_chans)
+    score = PROXIES[name](model, x, y)
+    return ProxyScore(name, score, time.perf_counter() - start, asdict(cfg), scored.spec_hash)

@@ -1,0 +1,328 @@
+"""Optuna multi-objective search over a space, driven by a ``trials/*.yaml`` experiment.
+
+One trial: sample (space) -> measure (metrics, proxies; cached) -> objective values, constraint
+violations and the spec in the trial's user attributes -> one MLflow run. Invalid samples end PRUNED
+with their reason; an exception fails only its trial.
+
+Many workers share a study through an RDB storage (SQLite file, PostgreSQL for many machines):
+heartbeats mark a dead worker's trial FAILED and ``RetryHeartbeatStaleTrialCallback`` re-queues it. The
+budget (``n_trials``) counts every trial of the study that is not FAILED and is claimed under a lock
+(a PostgreSQL advisory lock, or a file lock beside a SQLite file), so that N workers stop at exactly
+``n_trials`` trials together.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from .errors import ArchsearchError, ConfigError, InvalidSample
+from .measure import METRICS, LatencyConfig, MeasureCache, MeasureOptions, Measurer
+from .proxy import PROXIES, ProxyConfig, score_proxy
+from .references import load_spec
+from .space import SearchSpace, load_space
+from .spec import ArchSpec
+from .tracking import Tracker
+from .trials import TrialsConfig
+
+__all__ = ["OBJECTIVES", "SearchRunner", "open_study", "run_search"]
+
+#: Objective / constraint names -> (metric family the Measurer runs, key of the value in its row).
+OBJECTIVES: Dict[str, tuple[str, str]] = {
+    "macs": ("macs", "macs"),
+    "params": ("params", "params"),
+    "tokens": ("tokens", "tokens"),
+    "latency_ms": ("latency", "latency_ms"),
+    "predicted_latency_ms": ("predicted_latency", "predicted_latency_ms"),
+    "ttft_ms": ("ttft", "ttft_ms"),
+}
+assert all(family in METRICS for family, _ in OBJECTIVES.values())
+
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+
+
+def _check_metric(name: str, key: str) -> None:
+    if name not in OBJECTIVES and name not in PROXIES:
+        raise ConfigError(key, f"{name!r} is not one of: {', '.join([*OBJECTIVES, *PROXIES])}")
+
+
+def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSampler:
+    # Constraints reach the samplers through Trial.set_constraint (Optuna 5), not constraints_func.
+    s = cfg.sampler
+    samplers: Dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed),
+        "nsga3": lambda: optuna.samplers.NSGAIIISampler(population_size=s.population_size, seed=seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return samplers[s.name]()
+
+
+def _storage(cfg: TrialsConfig, url: str) -> RDBStorage:
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=cfg.heartbeat_s,
+                grace_period=cfg.grace_s,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry),
+            )
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
+        raise ConfigError("storage", f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+
+
+def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = _storage(cfg, url)
+    directions = [o.direction for o in cfg.objectives]
+    try:
+        study = optuna.create_study(
+            study_name=cfg.study, storage=storage, directions=directions, sampler=_sampler(cfg, seed), load_if_exists=True
+        )
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError("storage", f"cannot open study {cfg.study!r} in {url}: {str(e).splitlines()[0][:200]}") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise ConfigError(
+            "objectives", f"study {cfg.study!r} already exists in {url} with directions {have}, not {directions}; "
+            "use another study_name"
+        )
+    names = [o.name for o in cfg.objectives]
+    stored = study.user_attrs.get("objectives")
+    if stored is not None and stored != names:
+        raise ConfigError("objectives", f"study {cfg.study!r} optimises {stored}, not {names}; use another study_name")
+    return study
+
+
+class _BudgetLock:
+    """Serialises "count the study's trials, then start one" across processes sharing a storage."""
+
+    def __init__(self, url: str, study_name: str) -> None:
+        self.url = url
+        self.key = int(hashlib.sha256(f"archsearch:{study_name}".encode()).hexdigest()[:15], 16)
+        self._held: Optional[Callable[[], None]] = None
+
+    def acquire(self) -> None:
+        if self.url.startswith("sqlite:///"):
+            path = Path(self.url[len("sqlite:///"):])
+            lock = open(f"{path}.{self.key:x}.lock", "w")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+
+            def release() -> None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+                lock.close()
+        elif self.url.startswith("postgresql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(self.url, poolclass=sqlalchemy.pool.NullPool)
+            conn = engine.connect()
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+
+            def release() -> None:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+                conn.close()
+                engine.dispose()
+        else:  # other databases: one process at a time is still exact
+            def release() -> None:
+                pass
+
+        self._held = release
+
+    def release(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            held()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+@dataclass
+class SearchResult:
+    study: optuna.Study
+    ran: int
+    stopped: str
+
+
+class SearchRunner:
+    """Evaluates candidates for one study in this process; many runners may share the study."""
+
+    def __init__(
+        self,
+        cfg: TrialsConfig,
+        *,
+        storage: Optional[str] = None,
+        seed_offset: int = 0,
+        warn: Callable[[str], None] = print,
+    ) -> None:
+        for i, o in enumerate(cfg.objectives):
+            _check_metric(o.name, f"objectives[{i}].name")
+        for i, c in enumerate(cfg.constraints):
+            _check_metric(c.metric, f"constraints[{i}].metric")
+        self.cfg = cfg
+        self.url = storage or cfg.storage
+        self.warn = warn
+        self.space: SearchSpace = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
+        m = cfg.measure
+        latency = LatencyConfig(
+            backend=m.backend, warmup=m.warmup, repeats=m.repeats, **({"threads": m.threads} if m.threads else {})
+        )
+        self.measurer = Measurer(MeasureOptions(counter=m.counter, latency=latency, llm=m.llm, prompt_tokens=m.prompt_tokens))
+        self.proxy_config = ProxyConfig(
+            width_mult=m.proxy_width_mult, max_depth=m.proxy_max_depth, resolution=m.proxy_resolution,
+            batch_size=m.proxy_batch_size, seed=m.proxy_seed,
+        )
+        self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
+        seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
+        self.study = open_study(cfg, self.url, seed=seed)
+        self.lock = _BudgetLock(self.url, cfg.study)
+        self.tracker = Tracker(cfg.tracking, warn)
+        self.parent_run_id: Optional[str] = None
+
+    # --- evaluation -----------------------------------------------------------------------------
+    def _metric_names(self) -> List[str]:
+        return [o.name for o in self.cfg.objectives] + [c.metric for c in self.cfg.constraints]
+
+    def evaluate(self, spec: ArchSpec, resolution: int) -> Dict[str, float]:
+        """Every objective and constraint metric of a candidate (measurements are cached)."""
+        names = self._metric_names()
+        families = sorted({OBJECTIVES[n][0] for n in names if n in OBJECTIVES})
+        row = self.measurer.measure(spec, resolution, families)
+        values = {n: float(row[OBJECTIVES[n][1]]) for n in names if n in OBJECTIVES}
+        for n in names:
+            if n in PROXIES:
+                values[n] = self._proxy(spec, n)
+        return values
+
+    def _proxy(self, spec: ArchSpec, name: str) -> float:
+        cache = self.measurer.cache
+        key = MeasureCache.key(metric="proxy", name=name, spec=spec.spec_hash, config=self.proxy_config.__dict__)
+        hit = cache.get(key)
+        if hit is None:
+            hit = score_proxy(spec, name, self.proxy_config).to_dict()
+            cache.put(key, hit)
+        return float(hit["score"])
+
+    def _violations(self, values: Dict[str, float]) -> List[float]:
+        out = []
+        for c in self.cfg.constraints:
+            v = values[c.metric]
+            out.append(max(v - c.max if c.max is not None else float("-inf"), c.min - v if c.min is not None else float("-inf")))
+        return out
+
+    def objective(self, trial: optuna.Trial) -> List[float]:
+        self.lock.release()  # the trial exists now: other workers may claim the next one
+        try:
+            cand = self.space.sample_candidate(trial)
+        except InvalidSample as e:
+            trial.set_user_attr("invalid_reason", e.reason)
+            raise optuna.TrialPruned(e.reason) from None
+        spec = cand.spec
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("spec_hash", spec.spec_hash)
+        trial.set_user_attr("arch", spec.code)
+        trial.set_user_attr("resolution", cand.resolution)
+        trial.set_user_attr("output_stride", spec.output_stride)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        values = self.evaluate(spec, cand.resolution)
+        trial.set_user_attr("metrics", values)
+        for c, violation in zip(self.cfg.constraints, self._violations(values)):
+            trial.set_constraint(f"{c.metric}", violation)
+        return [values[o.name] for o in self.cfg.objectives]
+
+    # --- study-level set-up, once per study -------------------------------------------------------
+    def _prepare_study(self) -> None:
+        attrs = self.study.user_attrs
+        if "objectives" not in attrs:
+            self.study.set_user_attr("objectives", [o.name for o in self.cfg.objectives])
+            self.study.set_user_attr("directions", [o.direction for o in self.cfg.objectives])
+            self.study.set_user_attr("space", self.space.name)
+        if "references" not in attrs and self.references:
+            refs = []
+            for spec, res in self.references:
+                values = self.evaluate(spec, res)
+                feasible = all(v <= 0 for v in self._violations(values))
+                params = self.space.params_for(spec, res)
+                if params is not None:
+                    self.study.enqueue_trial(params, user_attrs={"reference": spec.name})
+                refs.append({"name": spec.name or spec.spec_hash, "resolution": res, "spec_hash": spec.spec_hash,
+                             "arch": spec.code, "values": [values[o.name] for o in self.cfg.objectives],
+                             "metrics": values, "feasible": feasible, "in_space": params is not None})
+            self.study.set_user_attr("references", refs)
+        if "mlflow_parent_run_id" not in attrs and self.tracker.enabled:
+            run_id = self.tracker.start_study(self.cfg.study, {
+                "space": self.space.name, "objectives": ",".join(o.name for o in self.cfg.objectives),
+                "sampler": self.cfg.sampler.name, "n_trials": str(self.cfg.n_trials), "storage": self.url.split("@")[-1],
+            })
+            if run_id:
+                self.study.set_user_attr("mlflow_parent_run_id", run_id)
+        self.parent_run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+
+    def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        metrics = dict(trial.user_attrs.get("metrics", {}))
+        if trial.values:
+            metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})
+        spec = trial.user_attrs.get("spec")
+        tags = {"spec_hash": trial.user_attrs.get("spec_hash", ""), "arch": trial.user_attrs.get("arch", ""),
+                "device": self.measurer.options.latency.backend, "worker": trial.user_attrs.get("worker", "")}
+        if "invalid_reason" in trial.user_attrs:
+            tags["invalid_reason"] = trial.user_attrs["invalid_reason"][:500]
+        params = {"resolution": trial.user_attrs.get("resolution"), "spec": spec, "sampled": trial.params}
+        spec_yaml = ArchSpec.from_dict(spec).to_yaml() if spec else None
+        self.tracker.log_trial(self.parent_run_id, study_name=self.cfg.study, number=trial.number, state=trial.state.name,
+                               params=params, metrics=metrics, tags=tags, spec_yaml=spec_yaml)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def counted_trials(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=_COUNTED))
+
+    def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+        budget = n_trials or self.cfg.n_trials
+        with self.lock.held():
+            self._prepare_study()
+        deadline = None if self.cfg.timeout_s is None else time.monotonic() + self.cfg.timeout_s
+        ran, stopped = 0, "budget"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                stopped = "timeout"
+                break
+            self.lock.acquire()
+            try:
+                if self.counted_trials() >= budget:
+                    break
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self._log_trial],
+                                    gc_after_trial=False, show_progress_bar=False)
+            finally:
+                self.lock.release()
+            ran += 1
+            if on_trial:
+                on_trial(min(self.counted_trials(), budget), budget)
+        return SearchResult(self.study, ran, stopped)
+
+
+def run_search(cfg: TrialsConfig, **kwargs) -> SearchResult:
+    return SearchRunner(cfg, **{k: v for k, v in kwargs.items() if k in ("storage", "seed_offset", "warn")}).run(
+        n_trials=kwargs.get("n_trials")
+    )

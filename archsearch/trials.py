@@ -1,0 +1,151 @@
+"""Experiment files (``trials/*.yaml``): a space, objectives, constraints, sampler, budget, storage,
+tracking and measurement settings, loaded strictly like the spaces (every error names its key)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from omegaconf import MISSING
+
+from ._config import from_data, read_yaml
+from .errors import ConfigError
+from .space import apply_overrides
+
+__all__ = [
+    "ConstraintConfig", "EnqueueConfig", "MeasureConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",
+    "TrialsConfig", "load_trials",
+]
+
+DIRECTIONS = ("minimize", "maximize")
+SAMPLER_NAMES = ("nsga2", "nsga3", "tpe", "random", "gp")
+
+
+@dataclass
+class ObjectiveConfig:
+    #: A metric (macs, params, tokens, latency_ms, predicted_latency_ms, ttft_ms) or a proxy (synflow, ...).
+    name: str = MISSING
+    direction: str = "minimize"
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ConfigError("direction", f"{self.direction!r} is not one of: {', '.join(DIRECTIONS)}")
+
+
+@dataclass
+class ConstraintConfig:
+    """``metric <= max`` and/or ``metric >= min``; a trial that breaks it is infeasible."""
+
+    metric: str = MISSING
+    max: Optional[float] = None
+    min: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.max is None and self.min is None:
+            raise ConfigError("max", "give 'max', 'min' or both")
+
+
+@dataclass
+class SamplerConfig:
+    name: str = "nsga2"
+    seed: Optional[int] = 0
+    population_size: int = 20
+    n_startup_trials: int = 10
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLER_NAMES:
+            raise ConfigError("name", f"{self.name!r} is not one of: {', '.join(SAMPLER_NAMES)}")
+        if self.population_size < 2:
+            raise ConfigError("population_size", f"must be >= 2, got {self.population_size}")
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    #: MLflow tracking URI: a local SQLite store by default, or an MLflow server (http://...).
+    uri: str = "sqlite:///mlflow.db"
+    experiment: str = "archsearch"
+
+
+@dataclass
+class MeasureConfig:
+    counter: str = "fast"
+    backend: str = "torch-cpu"
+    threads: Optional[int] = None
+    warmup: int = 3
+    repeats: int = 10
+    llm: str = "qwen2-0.5b"
+    prompt_tokens: int = 32
+    #: Zero-cost proxies: scaled-down copy (width multiplier, depth cap), input side, batch, seed.
+    proxy_width_mult: float = 0.25
+    proxy_max_depth: Optional[int] = 2
+    proxy_resolution: int = 64
+    proxy_batch_size: int = 16
+    proxy_seed: int = 0
+
+
+@dataclass
+class EnqueueConfig:
+    """A reference (name or spec YAML) evaluated first; at the space's largest resolution by default."""
+
+    spec: str = MISSING
+    resolution: Optional[int] = None
+
+
+@dataclass
+class TrialsConfig:
+    name: str = MISSING
+    space: str = MISSING
+    objectives: List[ObjectiveConfig] = MISSING
+    space_overrides: List[str] = field(default_factory=list)
+    constraints: List[ConstraintConfig] = field(default_factory=list)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    #: Total trials of the study (all workers together, finished or running; failed ones are retried).
+    n_trials: int = 20
+    timeout_s: Optional[float] = None
+    storage: str = "sqlite:///archsearch.db"
+    study_name: Optional[str] = None
+    enqueue: List[EnqueueConfig] = field(default_factory=list)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    #: Seconds between worker heartbeats; a RUNNING trial silent for ``grace_s`` is failed and retried.
+    heartbeat_s: int = 10
+    grace_s: int = 30
+    max_retry: int = 2
+    description: str = ""
+    #: Directory of the trials file; relative paths (space, enqueued specs) resolve against it.
+    base_dir: str = "."
+
+    def __post_init__(self) -> None:
+        if not self.objectives:
+            raise ConfigError("objectives", "at least one objective is needed")
+        names = [o.name for o in self.objectives]
+        if len(set(names)) != len(names):
+            raise ConfigError("objectives", f"duplicate objective in {names}")
+        if self.n_trials < 1:
+            raise ConfigError("n_trials", f"must be >= 1, got {self.n_trials}")
+        if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s:
+            raise ConfigError("grace_s", f"must exceed heartbeat_s ({self.heartbeat_s}), got {self.grace_s}")
+
+    @property
+    def study(self) -> str:
+        return self.study_name or self.name
+
+    def resolve(self, path: str) -> str:
+        """A path from the file: as written if it exists from here, else relative to the file's folder."""
+        if Path(path).exists() or Path(path).is_absolute():
+            return path
+        candidate = Path(self.base_dir) / path
+        return str(candidate) if candidate.exists() else path
+
+
+def load_trials(path: str | Path, overrides: Sequence[str] = ()) -> TrialsConfig:
+    data = apply_overrides(read_yaml(path), overrides)
+    if isinstance(data, dict):
+        if "base_dir" in data:
+            raise ConfigError("base_dir", "is set from the file's location, not written in it")
+        data = {**data, "base_dir": str(Path(path).parent)}
+    try:
+        return from_data(TrialsConfig, data)
+    except ConfigError as e:
+        raise ConfigError(e.key, f"{e.message} (in {path})") from None

@@ -1,0 +1,62 @@
+"""Latency backends, statistics, interleaved comparison, conditions."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from archsearch.errors import ConfigError
+from archsearch.measure.latency import LatencyConfig, LatencyStats, compare_latency, measure_latency
+from archsearch.references import get_reference
+
+TINY = get_reference("fastvit_sa12").spec.scaled(width_mult=0.125, max_depth=1)
+FAST = LatencyConfig(threads=1, warmup=1, repeats=5)
+
+
+def test_stats():
+    s = LatencyStats.from_samples([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s.median_ms == 3.0 and s.q1_ms == 2.0 and s.q3_ms == 4.0 and s.iqr_ms == 2.0
+    assert s.min_ms == 1.0 and s.max_ms == 5.0 and s.repeats == 5
+    assert s.cv == pytest.approx(1.5811388 / 3.0, rel=1e-6)
+    assert LatencyStats.from_samples([7.0]).iqr_ms == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch-cpu", "onnxruntime"])
+def test_measure_latency_carries_conditions(backend):
+    lat = measure_latency(TINY, 64, LatencyConfig(backend=backend, threads=1, warmup=1, repeats=4))
+    assert lat.latency_ms > 0 and lat.stats.repeats == 4
+    c = lat.conditions
+    assert c["backend"] == backend and c["threads"] == 1 and c["warmup"] == 1 and c["repeats"] == 4
+    assert c["model_form"] == "reparameterized" and c["flush_denormal"] is True
+    assert c["resolution"] == [64, 64] and c["device"]["kind"] == "cpu"
+    assert torch.get_num_threads() == 2, "the thread count is restored after timing"
+
+
+def test_channels_last_and_budget():
+    lat = measure_latency(TINY, 64, LatencyConfig(threads=1, warmup=0, repeats=1000, channels_last=True, time_budget_s=0.05))
+    assert 3 <= lat.stats.repeats < 1000 and lat.conditions["channels_last"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
+def test_cuda_backend_without_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        measure_latency(TINY, 64, LatencyConfig(backend="cuda"))
+
+
+def test_interleaved_ratio():
+    wide = get_reference("fastvit_sa12").spec.scaled(width_mult=0.5, max_depth=2)
+    cmp = compare_latency(wide, TINY, 96, FAST)
+    assert cmp.ratio.median_ms > 1.0  # a 4x wider, deeper net is slower
+    assert cmp.ratio.repeats == 5 and cmp.conditions["interleaved"] is True
+    same = compare_latency(TINY, TINY, 64, LatencyConfig(threads=1, warmup=2, repeats=9))
+    assert 0.5 < same.ratio.median_ms < 2.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [(dict(backend="tpu"), "backend"), (dict(threads=0), "threads"), (dict(repeats=0), "repeats"),
+     (dict(backend="onnxruntime", compile=True), "compile")],
+)
+def test_config_errors(kwargs, key):
+    with pytest.raises(ConfigError) as info:
+        LatencyConfig(**kwargs)
+    assert info.value.key == key
