@@ -32,7 +32,7 @@ setup(
         "transformers>=4.40",
         "onnx>=1.15",
         "onnxruntime>=1.17",
-        "psycopg2-binary>=2.9",
+        "psycopg[binary]>=3.1",  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2"]},
     entry_points={"console_scripts": ["archsearch=archsearch.cli:main"]},

@@ -463,6 +463,63 @@ def _pareto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ablation", metavar="ABLATION.yaml", help="ablation file (trials/ablate_*.yaml)")
+    p.add_argument("--out", required=True, help="directory for results.csv, results.json, ablation.json")
+    p.add_argument("--quick", action="store_true", help="apply the file's `quick` overrides (a smoke test)")
+    p.add_argument("--report", action="store_true", help="also write the Markdown report and plots into --out")
+    _accept_overrides(p, "the ablation file")
+
+
+@_command("ablate", "measure a base spec and its variants over a grid of resolutions", _ablate_args)
+def _ablate(args: argparse.Namespace) -> int:
+    from .ablation import build_variants, load_ablation, run_ablation
+
+    cfg = load_ablation(args.ablation, args.overrides, quick=args.quick)
+    total = len(build_variants(cfg)) * len(cfg.resolutions)
+    command = " ".join(["archsearch ablate", args.ablation, "--out", args.out, *(["--quick"] if args.quick else []),
+                        *args.overrides])
+    with _progress() as progress:
+        task = progress.add_task(cfg.name, total=total)
+        rows = run_ablation(
+            cfg, Path(args.out), command=command,
+            on_row=lambda v, r: progress.update(task, advance=1, description=f"{v} @ {r}"),
+            warn=lambda msg: _err.print(f"warning: {msg}", markup=False, highlight=False),
+        )
+    cols = [c for c in ("variant", "resolution", "tokens", "macs", "latency_ms", "latency_iqr_ms", "ttft_ms") if c in rows[0]]
+    table = Table(title=f"ablation {cfg.name} -> {args.out}/results.csv")
+    for c in cols:
+        table.add_column(c, no_wrap=True)
+    for r in rows:
+        table.add_row(*(f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    _out.print(table)
+    if args.report:
+        from .report import report_ablation
+
+        _out.print(f"report: {report_ablation(Path(args.out), Path(args.out))}")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="STUDY_OR_ABLATION", help="a study name, or a directory written by `archsearch ablate`")
+    p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL (for a study)")
+    p.add_argument("--out", required=True, help="directory for report.md and its PNG plots")
+
+
+@_command("report", "write a Markdown report with plots for a study or an ablation", _report_args)
+def _report(args: argparse.Namespace) -> int:
+    from .report import report_ablation, report_study
+
+    if Path(args.target).is_dir():
+        path = report_ablation(Path(args.target), Path(args.out))
+    else:
+        from .pareto import load_study
+
+        path = report_study(load_study(args.target, args.storage), Path(args.out))
+    _out.print(f"report: {path}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archsearch",

@@ -8,7 +8,7 @@ Many workers share a study through an RDB storage (SQLite file, PostgreSQL for m
 heartbeats mark a dead worker's trial FAILED and ``RetryHeartbeatStaleTrialCallback`` re-queues it. The
 budget (``n_trials``) counts every trial of the study that is not FAILED and is claimed under a lock
 (a PostgreSQL advisory lock, or a file lock beside a SQLite file), so that N workers stop at exactly
-``n_trials`` trials together.
+``n_trials`` finished trials together.
 """
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ OBJECTIVES: Dict[str, tuple[str, str]] = {
 }
 assert all(family in METRICS for family, _ in OBJECTIVES.values())
 
-_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+#: What the budget counts: trials finished or in flight. FAILED ones are retried; WAITING ones (enqueued
+#: references, retries) are work still to do, and the next trial started picks them first.
+_COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def _check_metric(name: str, key: str) -> None:
@@ -88,7 +90,9 @@ def _storage(cfg: TrialsConfig, url: str) -> RDBStorage:
 
 
 def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna logs a failed trial with its traceback; the runner reports it in one line instead (the
+    # traceback stays in the trial's system attribute ``fail_reason``).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = _storage(cfg, url)
     directions = [o.direction for o in cfg.objectives]
     try:
@@ -280,6 +284,9 @@ class SearchRunner:
         self.parent_run_id = self.study.user_attrs.get("mlflow_parent_run_id")
 
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == TrialState.FAIL:
+            reason = (trial.system_attrs.get("fail_reason") or "").strip().splitlines()
+            self.warn(f"trial {trial.number} failed: {reason[-1] if reason else 'unknown error'}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))
         if trial.values:
             metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})
@@ -295,6 +302,10 @@ class SearchRunner:
 
     # --- the loop -------------------------------------------------------------------------------
     def counted_trials(self) -> int:
+        # A dead worker's RUNNING trial must not hold a budget slot: fail it (and re-queue it) first.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
         return len(self.study.get_trials(deepcopy=False, states=_COUNTED))
 
     def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:
@@ -303,7 +314,6 @@ class SearchRunner:
             self._prepare_study()
         deadline = None if self.cfg.timeout_s is None else time.monotonic() + self.cfg.timeout_s
         ran, stopped = 0, "budget"
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 stopped = "timeout"

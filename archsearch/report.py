@@ -1,0 +1,215 @@
+"""Reports: Markdown with tables and PNG plots, for an ablation directory or an Optuna study.
+
+Ablations: tokens, MACs, latency (median with IQR bars) and TTFT (encoder + prefill) against resolution
+per variant, and where the variants' order flips (the crossover). Studies: Pareto front with the
+references marked, hypervolume history, and Optuna's parameter importance per objective.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from itertools import combinations
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from .errors import ConfigError
+from .pareto import export_pareto
+
+__all__ = ["crossovers", "report_ablation", "report_study"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _read_rows(directory: Path) -> List[dict]:
+    with open(directory / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in list(r.items()):
+            try:
+                r[k] = float(v) if "." in v or "e" in v.lower() else int(v)
+            except (ValueError, AttributeError):
+                pass
+    return rows
+
+
+def crossovers(rows: List[dict], metric: str) -> List[str]:
+    """Sentences naming each pair of variants whose order in ``metric`` flips between resolutions."""
+    by: Dict[str, Dict[int, float]] = {}
+    for r in rows:
+        if metric in r and r[metric] != "":
+            by.setdefault(r["variant"], {})[int(r["resolution"])] = float(r[metric])
+    out = []
+    for a, b in combinations(by, 2):
+        res = sorted(set(by[a]) & set(by[b]))
+        signs = [(r, by[a][r] < by[b][r]) for r in res]
+        for (r0, s0), (r1, s1) in zip(signs, signs[1:]):
+            if s0 != s1:
+                first, second = (a, b) if s1 else (b, a)
+                out.append(f"{metric}: {first} becomes lower than {second} between {r0} and {r1} px")
+    return out
+
+
+def _line_plot(rows: List[dict], metric: str, ylabel: str, path: Path, *, err: Optional[str] = None, log: bool = False) -> bool:
+    series: Dict[str, list] = {}
+    for r in rows:
+        if metric in r and r[metric] != "":
+            series.setdefault(r["variant"], []).append((int(r["resolution"]), float(r[metric]), float(r.get(err) or 0) if err else 0))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in series.items():
+        pts.sort()
+        xs, ys, es = zip(*pts)
+        ax.errorbar(xs, ys, yerr=[e / 2 for e in es] if err else None, marker="o", capsize=3, label=name)
+    ax.set_xlabel("input resolution (px)")
+    ax.set_ylabel(ylabel)
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _ttft_plot(rows: List[dict], path: Path) -> bool:
+    rows = [r for r in rows if r.get("ttft_ms") not in (None, "")]
+    if not rows:
+        return False
+    plt = _plt()
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    resolutions = sorted({int(r["resolution"]) for r in rows})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        pts = {int(r["resolution"]): r for r in rows if r["variant"] == v}
+        xs = [j + i * width for j, res in enumerate(resolutions) if res in pts]
+        enc = [float(pts[res]["encoder_ms"]) / 1000 for res in resolutions if res in pts]
+        pre = [float(pts[res]["prefill_ms"]) / 1000 for res in resolutions if res in pts]
+        ax.bar(xs, enc, width, color=f"C{i}", label=f"{v}: encoder")
+        ax.bar(xs, pre, width, bottom=enc, color=f"C{i}", alpha=0.45, hatch="//", label=f"{v}: LLM prefill")
+    ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(resolutions))], [str(r) for r in resolutions])
+    ax.set_xlabel("input resolution (px)")
+    ax.set_ylabel("time to first token (s)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _fmt(v) -> str:
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)
+
+
+def report_ablation(directory: Path, out: Path) -> Path:
+    directory, out = Path(directory), Path(out)
+    if not (directory / "ablation.json").exists():
+        raise ConfigError("TARGET", f"{directory} has no ablation.json (run `archsearch ablate` first)")
+    meta = json.loads((directory / "ablation.json").read_text(encoding="utf-8"))
+    rows = _read_rows(directory)
+    for r in rows:
+        if isinstance(r.get("macs"), (int, float)):
+            r["gmacs"] = r["macs"] / 1e9
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for metric, label, err, log, name in [
+        ("tokens", "visual tokens", None, True, "tokens.png"),
+        ("gmacs", "GMACs", None, True, "macs.png"),
+        ("latency_ms", "encoder latency, ms (median, IQR bars)", "latency_iqr_ms", True, "latency.png"),
+        ("ttft_ms", "TTFT, ms", None, True, "ttft.png"),
+    ]:
+        if _line_plot(rows, metric, label, out / name, err=err, log=log):
+            plots.append(name)
+    if _ttft_plot(rows, out / "ttft_breakdown.png"):
+        plots.append("ttft_breakdown.png")
+    cols = [c for c in ("variant", "resolution", "tokens", "gmacs", "latency_ms", "latency_iqr_ms", "encoder_ms",
+                        "prefill_ms", "ttft_ms") if any(c in r for r in rows)]
+    md = [f"# Ablation `{meta['name']}`\n", meta.get("description", ""), "",
+          f"Regenerate: `{meta.get('command') or 'archsearch ablate ...'}` then `archsearch report {directory} --out {out}`",
+          f"(measured {meta.get('date', '')}, {meta.get('seconds', '?')} s).", "", "## Variants", "",
+          "| variant | arch | description |", "| --- | --- | --- |"]
+    md += [f"| {v['name']} | {v['arch']} | {v.get('description', '')} |" for v in meta["variants"]]
+    m = meta.get("measure", {})
+    md += ["", "## Results", "",
+           f"Latency: median of {m.get('repeats')} runs after {m.get('warmup')} warm-up, {rows[0].get('latency_backend', '')}, "
+           f"{rows[0].get('latency_threads', '')} threads, reparameterized, denormals flushed, batch 1 (IQR: interquartile range)."
+           if "latency_ms" in rows[0] else "",
+           f"TTFT: encoder latency + {rows[0].get('llm', '')} prefill of the visual tokens + {rows[0].get('prompt_tokens', '')} "
+           "prompt tokens, from the per-device fit of measured prefill times." if "ttft_ms" in rows[0] else "", "",
+           "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for r in rows:
+        md.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    flips = [s for metric in ("latency_ms", "ttft_ms") for s in crossovers(rows, metric)]
+    md += ["", "## Crossovers", ""] + ([f"- {s}" for s in flips] or ["- none within the measured resolutions"])
+    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return path
+
+
+def report_study(study: optuna.Study, out: Path) -> Path:
+    out = Path(out)
+    rows = export_pareto(study, out)
+    names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    plt = _plt()
+    plots = ["pareto.png"] if (out / "pareto.png").exists() else []
+    if len(study.directions) > 1 and done:
+        from optuna.visualization.matplotlib import plot_hypervolume_history
+
+        sign = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
+        worst = [max(s * t.values[i] for t in done) for i, s in enumerate(sign)]
+        best = [min(s * t.values[i] for t in done) for i, s in enumerate(sign)]
+        ref = [s * (w + 0.1 * (abs(w - b) or 1.0)) for s, w, b in zip(sign, worst, best)]
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax = plot_hypervolume_history(study, ref)
+        ax.figure.set_size_inches(6, 4)
+        ax.figure.tight_layout()
+        ax.figure.savefig(out / "hypervolume.png", dpi=120)
+        plt.close(ax.figure)
+        plots.append("hypervolume.png")
+    importance_md = []
+    if len(done) >= 4:
+        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+        for i, name in enumerate(names):
+            try:
+                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+            except (RuntimeError, ValueError) as e:
+                importance_md.append(f"- {name}: not computable ({e})")
+                continue
+            top = list(imp.items())[:8]
+            axes[0][i].barh([k for k, _ in top][::-1], [v for _, v in top][::-1])
+            axes[0][i].set_title(f"importance for {name}", fontsize=9)
+            importance_md.append(f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in top[:5]))
+        fig.tight_layout()
+        fig.savefig(out / "importance.png", dpi=120)
+        plt.close(fig)
+        plots.append("importance.png")
+    states = {s.name.lower(): len(study.get_trials(states=(s,))) for s in TrialState if study.get_trials(states=(s,))}
+    md = [f"# Study `{study.study_name}`\n",
+          "Trials: " + ", ".join(f"{v} {k}" for k, v in states.items()) + ".",
+          "Objectives: " + ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions)) + ".", "",
+          f"{len(rows)} Pareto-optimal designs, {sum(r.fastvithd_like for r in rows)} of them FastViTHD-like; "
+          "the table is in [pareto.md](pareto.md), the specs beside it.", "",
+          "## Parameter importance (Optuna's default evaluator)", ""] + (importance_md or ["- too few trials"])
+    md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    return path

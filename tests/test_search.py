@@ -1,0 +1,308 @@
+"""Search end to end: studies, budget, resume after SIGINT, heartbeat retry after SIGKILL, PostgreSQL workers,
+MLflow runs, Pareto export. Tiny spaces and cheap objectives keep each test to seconds."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from archsearch.errors import ConfigError
+from archsearch.pareto import dominates, export_pareto, is_fastvithd_like
+from archsearch.references import get_reference
+from archsearch.search import SearchRunner
+from archsearch.trials import load_trials
+
+from .conftest import ROOT
+
+SPACE = """
+name: tiny
+resolution: [32, 64]
+num_stages: [2, 3]
+output_stride: [8, 16]
+num_attention_stages: [0, 1]
+fixed: {head_dim: 8}
+stages:
+  - {depth: [1], width: [8, 16]}
+  - {depth: [1, 2], width_mult: [1, 2], token_mixer: [repmixer, attention]}
+  - {depth: [1], width_mult: [1, 2], token_mixer: [repmixer, attention]}
+"""
+
+
+def _experiment(tmp: Path, *, objectives: str = "[{name: macs, direction: minimize}, {name: naswot, direction: maximize}]",
+                n_trials: int = 8, storage: str | None = None, tracking: str | None = None, extra: str = "") -> Path:
+    (tmp / "space.yaml").write_text(SPACE)
+    ref = get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).replace(
+        stages=get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).stages[:2], head_dim=8)
+    ref.replace(name="ref").save(tmp / "ref.yaml")
+    text = f"""
+name: t
+space: space.yaml
+objectives: {objectives}
+constraints: [{{metric: tokens, max: 64}}]
+sampler: {{name: nsga2, seed: 0, population_size: 4}}
+n_trials: {n_trials}
+storage: {storage or f'sqlite:///{tmp}/study.db'}
+enqueue: [{{spec: ref.yaml, resolution: 64}}]
+tracking: {{uri: "{tracking or f'sqlite:///{tmp}/mlflow.db'}", experiment: t}}
+measure: {{proxy_resolution: 32, proxy_batch_size: 8, proxy_width_mult: 1.0, threads: 1, warmup: 1, repeats: 3}}
+heartbeat_s: 1
+grace_s: 3
+{extra}
+"""
+    (tmp / "trials.yaml").write_text(text)
+    return tmp / "trials.yaml"
+
+
+def _env(tmp: Path) -> dict:
+    return {**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def _cli(args, tmp: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp, env=_env(tmp),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _mlflow_trial_numbers(uri: str, experiment: str = "t") -> list[int]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return sorted(int(r.data.tags["optuna.trial_number"]) for r in runs if "optuna.trial_number" in r.data.tags)
+
+
+def test_shipped_experiments_load():
+    for path in (ROOT / "trials").glob("*.yaml"):
+        if path.stem.startswith("ablate"):
+            continue
+        cfg = load_trials(path)
+        runner_space = cfg.resolve(cfg.space)
+        assert Path(runner_space).exists(), path
+
+
+def test_search_in_process(tmp_path):
+    cfg = load_trials(_experiment(tmp_path))
+    warnings = []
+    runner = SearchRunner(cfg, warn=warnings.append)
+    result = runner.run()
+    study = result.study
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 8 and result.stopped == "budget" and not warnings
+    # The reference is a point of the space: enqueued and evaluated as trial 0.
+    assert study.trials[0].user_attrs.get("reference") == "ref"
+    refs = study.user_attrs["references"]
+    assert refs[0]["in_space"] and refs[0]["feasible"]
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert set(t.user_attrs["metrics"]) == {"macs", "naswot", "tokens"}
+        assert t.user_attrs["spec_hash"] and t.user_attrs["resolution"] in (32, 64)
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert t.user_attrs["invalid_reason"]
+    assert _mlflow_trial_numbers(cfg.tracking.uri) == sorted(t.number for t in finished)
+    # Running again is a resume: the budget is the study's, so nothing more runs.
+    assert SearchRunner(cfg).run().ran == 0
+    out = tmp_path / "front"
+    rows = export_pareto(study, out)
+    assert rows and (out / "pareto.csv").exists() and (out / "pareto.md").exists() and (out / "pareto.png").exists()
+    assert len(list(out.glob("pareto_trial*.yaml"))) == len(rows)
+
+
+def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
+    cfg = load_trials(_experiment(tmp_path, n_trials=5))
+    runner = SearchRunner(cfg)
+    calls = {"n": 0}
+    original = runner.evaluate
+
+    def flaky(spec, resolution):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated measurement crash")
+        return original(spec, resolution)
+
+    monkeypatch.setattr(runner, "evaluate", flaky)
+    study = runner.run().study
+    assert len(study.get_trials(states=(TrialState.FAIL,))) == 1
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+
+
+def test_unreachable_tracking_warns_once(tmp_path):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = load_trials(_experiment(tmp_path, n_trials=3, tracking=f"http://127.0.0.1:{port}"))
+    warnings = []
+    study = SearchRunner(cfg, warn=warnings.append).run().study
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert len(warnings) == 1 and "continuing without tracking" in warnings[0]
+
+
+def test_bad_experiment_files(tmp_path):
+    path = _experiment(tmp_path)
+    text = path.read_text()
+    cases = [
+        (text.replace("name: macs", "name: beauty"), "objectives[0].name: 'beauty' is not one of"),
+        (text.replace("direction: minimize", "direction: down"), "objectives[0].direction: 'down'"),
+        (text.replace("name: nsga2", "name: annealing"), "sampler.name: 'annealing'"),
+        (text.replace("n_trials: 8", "n_trials: 0"), "n_trials: must be >= 1"),
+        (text + "budget: 3\n", "budget: unknown key"),
+        (text.replace("metric: tokens, max: 64", "metric: tokens"), "constraints[0].max: give 'max', 'min'"),
+        (text.replace("space: space.yaml", "space: nowhere.yaml"), "nowhere.yaml: no such file"),
+    ]
+    for body, expected in cases:
+        path.write_text(body)
+        with pytest.raises(ConfigError) as info:
+            SearchRunner(load_trials(path))
+        assert expected in str(info.value), body
+        assert "\n" not in str(info.value)
+
+
+def test_directions_of_an_existing_study_are_checked(tmp_path):
+    cfg = load_trials(_experiment(tmp_path, n_trials=2))
+    SearchRunner(cfg).run()
+    flipped = load_trials(tmp_path / "trials.yaml", ["objectives.0.direction=maximize"])
+    with pytest.raises(ConfigError, match="already exists"):
+        SearchRunner(flipped)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _states(url: str, name: str = "t") -> dict:
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return {}
+    return {t.number: t.state for t in study.get_trials(deepcopy=False)}
+
+
+SLOW = "[{name: latency_ms, direction: minimize}, {name: macs, direction: minimize}]"
+
+
+def test_sigint_then_resume(tmp_path):
+    path = _experiment(tmp_path, objectives=SLOW, n_trials=6, extra="")
+    url = f"sqlite:///{tmp_path}/study.db"
+    slow = ["measure.repeats=400"]
+    proc = _cli(["search", str(path), *slow], tmp_path)
+    _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 2, 240, "two complete trials")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    before = optuna.load_study(study_name="t", storage=url)
+    kept = {t.number: t.values for t in before.get_trials(states=(TrialState.COMPLETE,))}
+    assert 2 <= len(kept) < 6
+    proc = _cli(["search", str(path), *slow], tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    after = optuna.load_study(study_name="t", storage=url)
+    assert len(after.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+    assert {n: v for n, v in ((t.number, t.values) for t in after.trials) if n in kept} == kept
+
+
+def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
+    path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
+    url = f"sqlite:///{tmp_path}/study.db"
+    victim = _cli(["worker", str(path), "measure.repeats=3000"], tmp_path)
+    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+    time.sleep(1.5)  # let its heartbeat start
+    running = [n for n, s in _states(url).items() if s == TrialState.RUNNING]
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    time.sleep(4)  # longer than grace_s: the trial is stale now
+    rescuer = _cli(["worker", str(path)], tmp_path)
+    out, err = rescuer.communicate(timeout=600)
+    assert rescuer.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=url)
+    killed = study.trials[running[0]]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in study.trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed.number]
+    assert retries and retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert retries[0].params == killed.params
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+
+
+def _postgres_url(db: str = "test") -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{db}"
+
+
+def _postgres_available() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(_postgres_url(), connect_timeout=3).close()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def postgres_dbs():
+    if not _postgres_available():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (trust auth, database 'test')")
+    import psycopg
+
+    names = [f"archsearch_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    conn = psycopg.connect(_postgres_url(), autocommit=True)
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE {name}")
+    yield [_postgres_url(n) for n in names]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    conn.close()
+
+
+def test_three_workers_on_postgresql(tmp_path, postgres_dbs):
+    optuna_url, mlflow_url = postgres_dbs
+    path = _experiment(tmp_path, n_trials=30, storage=optuna_url, tracking=mlflow_url)
+    # Create the study and the MLflow tables once, so the three workers race only for trials.
+    SearchRunner(load_trials(path)).run(n_trials=1)
+    workers = [_cli(["worker", str(path)], tmp_path) for _ in range(3)]
+    for w in workers:
+        out, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=optuna_url)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    numbers = [t.number for t in study.trials]
+    assert len(finished) == 30
+    assert len(numbers) == len(set(numbers)) and not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+    assert len({t.user_attrs.get("worker") for t in finished if "worker" in t.user_attrs}) >= 2, "the work was shared"
+    assert _mlflow_trial_numbers(mlflow_url) == sorted(t.number for t in finished)
+
+
+def test_pareto_helpers():
+    assert dominates([1, 5], [2, 5], ["minimize", "maximize"])
+    assert not dominates([1, 5], [1, 5], ["minimize", "minimize"])
+    assert not dominates([1, 4], [2, 5], ["minimize", "maximize"])
+    assert is_fastvithd_like(get_reference("fastvithd").spec)
+    assert not is_fastvithd_like(get_reference("fastvit_sa12").spec)
+    no_attention = get_reference("fastvithd").spec
+    no_attention = no_attention.replace(stages=tuple(s.__class__(**{**s.__dict__, "token_mixer": "repmixer"}) for s in no_attention.stages))
+    assert not is_fastvithd_like(no_attention)
+
+
+def test_pareto_cli(tmp_path, capsys):
+    from archsearch.cli import main
+
+    cfg = load_trials(_experiment(tmp_path, n_trials=4))
+    SearchRunner(cfg).run()
+    assert main(["pareto", "t", "--storage", cfg.storage, "--out", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "pareto.csv").read_text().startswith("trial,arch,resolution,output_stride,spec_hash,macs,naswot")
+    assert main(["pareto", "nope", "--storage", cfg.storage, "--out", str(tmp_path / "p")]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
