@@ -73,7 +73,9 @@ def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSamp
         return samplers[s.name]()
 
 
-def _storage(cfg: TrialsConfig, url: str) -> RDBStorage:
+def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
+    if url == "memory":  # one process, nothing kept: benchmarks and experiments in a notebook
+        return optuna.storages.InMemoryStorage()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         with warnings.catch_warnings():
@@ -142,7 +144,7 @@ class _BudgetLock:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                 conn.close()
                 engine.dispose()
-        else:  # other databases: one process at a time is still exact
+        else:  # memory and other databases: one process at a time is still exact
             def release() -> None:
                 pass
 
@@ -303,9 +305,10 @@ class SearchRunner:
     # --- the loop -------------------------------------------------------------------------------
     def counted_trials(self) -> int:
         # A dead worker's RUNNING trial must not hold a budget slot: fail it (and re-queue it) first.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
+        if not isinstance(self.study._storage, optuna.storages.InMemoryStorage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
         return len(self.study.get_trials(deepcopy=False, states=_COUNTED))
 
     def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:

@@ -330,6 +330,8 @@ def apply_overrides(data: Any, overrides: Sequence[str], *, source: str = "overr
         if not sep or not key:
             raise ConfigError(source, f"{item!r} is not KEY=VALUE")
         value = parse_yaml(text, source=f"override {key}")
+        if isinstance(value, dict) and not text.lstrip().startswith("{"):
+            value = text  # e.g. sqlite:///:memory: - YAML would read the colons as a mapping
         try:
             OmegaConf.update(cfg, key, value, merge=False)
         except (OmegaConfBaseException, TypeError, ValueError) as e:

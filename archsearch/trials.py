@@ -103,6 +103,7 @@ class TrialsConfig:
     #: Total trials of the study (all workers together, finished or running; failed ones are retried).
     n_trials: int = 20
     timeout_s: Optional[float] = None
+    #: Any SQLAlchemy URL (sqlite:///..., postgresql://...), or ``memory`` (one process, nothing kept).
     storage: str = "sqlite:///archsearch.db"
     study_name: Optional[str] = None
     enqueue: List[EnqueueConfig] = field(default_factory=list)
