@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from functools import partial
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.nn as nn
@@ -236,29 +236,11 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def build_model(
-    spec: ArchSpec,
-    *,
-    num_classes: int = 0,
-    global_pool: bool = False,
-    drop_path_rate: float = 0.0,
-    inference_mode: bool = False,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> ArchNet:
-    """Build the training-form model (``inference_mode=True`` builds the deploy form directly).
-
-    ``device="meta"`` builds without allocating: parameter counts and output shapes in milliseconds.
-    """
-    return ArchNet(
-        spec,
-        num_classes=num_classes,
-        global_pool=global_pool,
-        drop_path_rate=drop_path_rate,
-        inference_mode=inference_mode,
-        device=device,
-        dtype=dtype,
-    )
+def build_model(spec: ArchSpec, **options: Any) -> ArchNet:
+    """Build the training-form model; ``options`` are :class:`ArchNet`'s (``inference_mode=True`` builds
+    the deploy form directly, ``device="meta"`` builds without allocating: parameter counts and output
+    shapes in milliseconds)."""
+    return ArchNet(spec, **options)
 
 
 def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:

@@ -386,6 +386,8 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     import os
     import tempfile
 
+    from optuna.trial import TrialState
+
     from .pareto import export_pareto
     from .search import SearchRunner
     from .trials import load_trials
@@ -404,11 +406,11 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
             task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
             result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
     except KeyboardInterrupt:
-        done = len(study.get_trials(states=(optuna_states().COMPLETE, optuna_states().PRUNED)))
+        done = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
         _err.print(f"archsearch: interrupted; {done} finished trials of {cfg.study!r} are kept in "
                    f"{runner.url.split('@')[-1]}; run the same command to continue", markup=False, highlight=False)
         return 130
-    states = {st.name: len(study.get_trials(states=(st,))) for st in optuna_states()}
+    states = {st.name: len(study.get_trials(states=(st,))) for st in TrialState}
     with tempfile.TemporaryDirectory() as tmp:
         rows = export_pareto(study, Path(args.pareto_out) if args.pareto_out else Path(tmp))
         if not worker:
@@ -430,12 +432,6 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
                       "yes" if r.fastvithd_like else "", ",".join(r.dominates))
     _out.print(table)
     return 0
-
-
-def optuna_states():
-    from optuna.trial import TrialState
-
-    return TrialState
 
 
 @_command("search", "run (or resume) the Optuna study of an experiment file", _search_args)
@@ -517,6 +513,92 @@ def _report(args: argparse.Namespace) -> int:
 
         path = report_study(load_study(args.target, args.storage), Path(args.out))
     _out.print(f"report: {path}")
+    return 0
+
+
+def _proxy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
+    p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
+    p.add_argument("--width-mult", type=float, default=None, help="scaled copy: width multiplier")
+    p.add_argument("--max-depth", type=int, default=None, help="scaled copy: depth cap per stage")
+    p.add_argument("--resolution", "-r", type=int, default=64, help="input side (the canvas side for train)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (train)")
+    p.add_argument("--data", default="digits", help="train: 'digits' (built in) or an ImageFolder root with train/ and val/")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+@_command("proxy", "score a spec with a zero-cost proxy or short training", _proxy_args)
+def _proxy(args: argparse.Namespace) -> int:
+    from .proxy import PROXIES, ProxyConfig, score_proxy
+    from .references import load_spec
+
+    spec = load_spec(args.spec)
+    if args.kind == "train":
+        from .proxy.train import TrainProxyConfig, train_proxy
+
+        cfg = TrainProxyConfig(resolution=args.resolution, steps=args.steps, data=args.data, seed=args.seed,
+                               **({"width_mult": args.width_mult} if args.width_mult else {}),
+                               **({"max_depth": args.max_depth} if args.max_depth else {}))
+        r = train_proxy(spec, cfg)
+        result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
+                  "train_loss": r.train_loss, "history": r.history, "seconds": r.seconds, "config": r.config,
+                  "trained_spec_hash": r.trained_spec_hash}
+    elif args.kind in PROXIES:
+        cfg = ProxyConfig(resolution=args.resolution, seed=args.seed,
+                          **({"width_mult": args.width_mult} if args.width_mult else {}),
+                          **({"max_depth": args.max_depth} if args.max_depth else {}))
+        s = score_proxy(spec, args.kind, cfg)
+        result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
+                  "scored_spec_hash": s.scored_spec_hash}
+    else:
+        raise ConfigError("--kind", f"{args.kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        extra = f" (val loss {result['val_loss']:.3f})" if args.kind == "train" else ""
+        _out.print(f"{spec.name or spec.code} {args.kind}: {result['score']:.6g}{extra} in {result['seconds']:.1f} s; "
+                   f"scaled copy: {result['config']}")
+    return 0
+
+
+def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("space", metavar="SPACE.yaml")
+    p.add_argument("-n", type=int, default=12, help="specs sampled (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=150, help="short-training budget; the reference trains --factor x longer")
+    p.add_argument("--factor", type=int, default=4)
+    p.add_argument("--width-mult", type=float, default=0.125)
+    p.add_argument("--max-depth", type=int, default=None, help="depth cap (default: keep every stage's depth)")
+    p.add_argument("--resolution", "-r", type=int, default=64)
+    p.add_argument("--out", required=True, help="directory for report.md and fidelity.json")
+    _accept_overrides(p, "the space")
+
+
+@_command("proxy-fidelity", "rank agreement of every proxy with longer training, on specs of a space", _fidelity_args)
+def _proxy_fidelity(args: argparse.Namespace) -> int:
+    from .proxy.fidelity import proxy_fidelity, write_fidelity_report
+    from .proxy.train import TrainProxyConfig
+    from .space import load_space
+
+    space = load_space(args.space, args.overrides)
+    cfg = TrainProxyConfig(width_mult=args.width_mult, max_depth=args.max_depth, resolution=args.resolution,
+                           steps=args.steps, val_every=args.steps, seed=args.seed)
+    with _progress() as progress:
+        task = progress.add_task("proxy fidelity", total=args.n)
+        result = proxy_fidelity(space, args.n, seed=args.seed, train=cfg, factor=args.factor,
+                                progress=lambda msg: progress.update(task, advance=1, description=msg))
+    command = " ".join(["archsearch proxy-fidelity", args.space, "-n", str(args.n), "--seed", str(args.seed), "--steps",
+                        str(args.steps), "--factor", str(args.factor), "--width-mult", str(args.width_mult),
+                        *(["--max-depth", str(args.max_depth)] if args.max_depth else []), "-r", str(args.resolution),
+                        "--out", args.out, *args.overrides])
+    path = write_fidelity_report(result, Path(args.out), command)
+    table = Table(title=f"proxy fidelity ({args.n} specs) -> {path}")
+    for col in ("proxy", "Kendall tau", "Spearman rho", "median cost (s)"):
+        table.add_column(col, no_wrap=True)
+    for name, v in result["summary"].items():
+        table.add_row(name, f"{v['kendall_tau']:.3f}", f"{v['spearman_rho']:.3f}", f"{v['median_cost_s']:.2f}")
+    _out.print(table)
     return 0
 
 

@@ -153,6 +153,9 @@ def report_ablation(directory: Path, out: Path) -> Path:
            "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         md.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    extrapolated = [f"{r['variant']} at {r['resolution']} px" for r in rows if str(r.get("prefill_extrapolated")) == "True"]
+    if extrapolated:
+        md += ["", "Prefill extrapolated beyond the largest fitted token count (2048) for: " + ", ".join(extrapolated) + "."]
     flips = [s for metric in ("latency_ms", "ttft_ms") for s in crossovers(rows, metric)]
     md += ["", "## Crossovers", ""] + ([f"- {s}" for s in flips] or ["- none within the measured resolutions"])
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
@@ -189,8 +192,10 @@ def report_study(study: optuna.Study, out: Path) -> Path:
     if len(done) >= 4:
         fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
         for i, name in enumerate(names):
+            # Optuna's default evaluator (PED-ANOVA) explains low target values: flip maximised objectives.
+            sign = 1.0 if study.directions[i] == optuna.study.StudyDirection.MINIMIZE else -1.0
             try:
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, sign=sign: sign * t.values[i])
             except (RuntimeError, ValueError) as e:
                 importance_md.append(f"- {name}: not computable ({e})")
                 continue

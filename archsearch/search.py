@@ -13,6 +13,7 @@ budget (``n_trials``) counts every trial of the study that is not FAILED and is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -29,6 +30,7 @@ from optuna.trial import TrialState
 from .errors import ArchsearchError, ConfigError, InvalidSample
 from .measure import METRICS, LatencyConfig, MeasureCache, MeasureOptions, Measurer
 from .proxy import PROXIES, ProxyConfig, score_proxy
+from .proxy.train import TrainProxyConfig, train_proxy
 from .references import load_spec
 from .space import SearchSpace, load_space
 from .spec import ArchSpec
@@ -50,12 +52,15 @@ assert all(family in METRICS for family, _ in OBJECTIVES.values())
 
 #: What the budget counts: trials finished or in flight. FAILED ones are retried; WAITING ones (enqueued
 #: references, retries) are work still to do, and the next trial started picks them first.
+#: The short-training proxy's objective name (validation top-1 after a fixed step budget).
+TRAIN_PROXY = "train_top1"
+
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
 def _check_metric(name: str, key: str) -> None:
-    if name not in OBJECTIVES and name not in PROXIES:
-        raise ConfigError(key, f"{name!r} is not one of: {', '.join([*OBJECTIVES, *PROXIES])}")
+    if name not in OBJECTIVES and name not in PROXIES and name != TRAIN_PROXY:
+        raise ConfigError(key, f"{name!r} is not one of: {', '.join([*OBJECTIVES, *PROXIES, TRAIN_PROXY])}")
 
 
 def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSampler:
@@ -199,6 +204,10 @@ class SearchRunner:
             width_mult=m.proxy_width_mult, max_depth=m.proxy_max_depth, resolution=m.proxy_resolution,
             batch_size=m.proxy_batch_size, seed=m.proxy_seed,
         )
+        self.train_config = TrainProxyConfig(
+            width_mult=m.train_width_mult, max_depth=m.train_max_depth, resolution=m.train_resolution,
+            steps=m.train_steps, val_every=max(1, m.train_steps // 3), data=m.train_data, seed=m.proxy_seed,
+        )
         self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
@@ -210,7 +219,7 @@ class SearchRunner:
     def _metric_names(self) -> List[str]:
         return [o.name for o in self.cfg.objectives] + [c.metric for c in self.cfg.constraints]
 
-    def evaluate(self, spec: ArchSpec, resolution: int) -> Dict[str, float]:
+    def evaluate(self, spec: ArchSpec, resolution: int, trial: Optional[optuna.Trial] = None) -> Dict[str, float]:
         """Every objective and constraint metric of a candidate (measurements are cached)."""
         names = self._metric_names()
         families = sorted({OBJECTIVES[n][0] for n in names if n in OBJECTIVES})
@@ -218,17 +227,20 @@ class SearchRunner:
         values = {n: float(row[OBJECTIVES[n][1]]) for n in names if n in OBJECTIVES}
         for n in names:
             if n in PROXIES:
-                values[n] = self._proxy(spec, n)
+                values[n] = self._cached("proxy", n, spec, self.proxy_config, lambda: score_proxy(spec, n, self.proxy_config))
+            elif n == TRAIN_PROXY:
+                values[n] = self._cached("train", n, spec, self.train_config,
+                                         lambda: train_proxy(spec, self.train_config, trial=trial), key="val_top1")
         return values
 
-    def _proxy(self, spec: ArchSpec, name: str) -> float:
+    def _cached(self, metric: str, name: str, spec: ArchSpec, config, compute, key: str = "score") -> float:
         cache = self.measurer.cache
-        key = MeasureCache.key(metric="proxy", name=name, spec=spec.spec_hash, config=self.proxy_config.__dict__)
-        hit = cache.get(key)
+        cache_key = MeasureCache.key(metric=metric, name=name, spec=spec.spec_hash, config=dataclasses.asdict(config))
+        hit = cache.get(cache_key)
         if hit is None:
-            hit = score_proxy(spec, name, self.proxy_config).to_dict()
-            cache.put(key, hit)
-        return float(hit["score"])
+            hit = compute().to_dict()
+            cache.put(cache_key, hit)
+        return float(hit[key])
 
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
@@ -251,7 +263,7 @@ class SearchRunner:
         trial.set_user_attr("resolution", cand.resolution)
         trial.set_user_attr("output_stride", spec.output_stride)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        values = self.evaluate(spec, cand.resolution)
+        values = self.evaluate(spec, cand.resolution, trial)
         trial.set_user_attr("metrics", values)
         for c, violation in zip(self.cfg.constraints, self._violations(values)):
             trial.set_constraint(f"{c.metric}", violation)
@@ -335,7 +347,6 @@ class SearchRunner:
         return SearchResult(self.study, ran, stopped)
 
 
-def run_search(cfg: TrialsConfig, **kwargs) -> SearchResult:
-    return SearchRunner(cfg, **{k: v for k, v in kwargs.items() if k in ("storage", "seed_offset", "warn")}).run(
-        n_trials=kwargs.get("n_trials")
-    )
+def run_search(cfg: TrialsConfig, *, n_trials: Optional[int] = None, **runner_options) -> SearchResult:
+    """Run (or resume) ``cfg``'s study in this process; ``runner_options`` are :class:`SearchRunner`'s."""
+    return SearchRunner(cfg, **runner_options).run(n_trials=n_trials)

@@ -6,7 +6,6 @@ server is unreachable, the search goes on and says so once.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -133,6 +132,3 @@ class Tracker:
         if parent_run_id:
             self._run("close the study run", lambda: self.client.set_terminated(parent_run_id, "FINISHED"))
 
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

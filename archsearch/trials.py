@@ -23,7 +23,8 @@ SAMPLER_NAMES = ("nsga2", "nsga3", "tpe", "random", "gp")
 
 @dataclass
 class ObjectiveConfig:
-    #: A metric (macs, params, tokens, latency_ms, predicted_latency_ms, ttft_ms) or a proxy (synflow, ...).
+    #: A metric (macs, params, tokens, latency_ms, predicted_latency_ms, ttft_ms), a zero-cost proxy
+    #: (synflow, naswot, grad_norm, snip) or ``train_top1`` (short-training proxy; maximise).
     name: str = MISSING
     direction: str = "minimize"
 
@@ -82,6 +83,12 @@ class MeasureConfig:
     proxy_resolution: int = 64
     proxy_batch_size: int = 16
     proxy_seed: int = 0
+    #: Short-training proxy (objective ``train_top1``): scaled copy, canvas side, step budget, data.
+    train_width_mult: float = 0.125
+    train_max_depth: Optional[int] = None
+    train_resolution: int = 64
+    train_steps: int = 150
+    train_data: str = "digits"
 
 
 @dataclass

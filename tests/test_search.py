@@ -306,3 +306,12 @@ def test_pareto_cli(tmp_path, capsys):
     assert (tmp_path / "p" / "pareto.csv").read_text().startswith("trial,arch,resolution,output_stride,spec_hash,macs,naswot")
     assert main(["pareto", "nope", "--storage", cfg.storage, "--out", str(tmp_path / "p")]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_train_proxy_objective(tmp_path):
+    cfg = load_trials(_experiment(tmp_path, objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
+                                  n_trials=2), ["measure.train_steps=4", "measure.train_resolution=32", "tracking.enabled=false"])
+    study = SearchRunner(cfg).run().study
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done and all(0.0 <= t.values[0] <= 1.0 for t in done)
+    assert all("train_top1" in t.user_attrs["metrics"] for t in done)

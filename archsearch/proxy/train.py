@@ -1,0 +1,143 @@
+"""Short-training accuracy proxy with Lightning: train a scaled-down copy for a fixed step budget.
+
+CPU by default; GPUs and several devices through Lightning's own ``accelerator`` / ``devices``.
+Validation top-1 and loss are recorded at every validation; with a single-objective Optuna trial they
+are reported so that a pruner can stop a hopeless trial (multi-objective studies cannot prune: the
+history then goes to the trial's user attributes).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from ..build import build_model
+from ..errors import ConfigError
+from ..spec import ArchSpec
+from .data import DigitCanvas, image_folder
+
+__all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
+
+
+@dataclass(frozen=True)
+class TrainProxyConfig:
+    #: Scaling rule: the trained network is ``spec.scaled(width_mult, max_depth)`` at ``resolution``.
+    width_mult: float = 0.125
+    max_depth: Optional[int] = 1
+    resolution: int = 64
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    val_every: int = 100
+    train_size: int = 4096
+    val_size: int = 512
+    #: ``digits`` (the built-in canvas task) or a path to an ImageFolder tree (with ``train``/``val`` inside).
+    data: str = "digits"
+    digit_px: int = 16
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int = 1
+    progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("resolution", "steps", "batch_size", "val_every", "train_size", "val_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class TrainResult:
+    val_top1: float
+    val_loss: float
+    train_loss: float
+    first_train_loss: float
+    history: List[Dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    config: Dict[str, object] = field(default_factory=dict)
+    trained_spec_hash: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _datasets(cfg: TrainProxyConfig):
+    if cfg.data == "digits":
+        common = dict(canvas=cfg.resolution, digit_px=cfg.digit_px, seed=cfg.seed)
+        return (DigitCanvas(cfg.train_size, split="train", **common), DigitCanvas(cfg.val_size, split="val", **common), 10)
+    train, val = image_folder(f"{cfg.data}/train", cfg.resolution), image_folder(f"{cfg.data}/val", cfg.resolution)
+    return train, val, len(train.classes)
+
+
+def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None) -> TrainResult:
+    import lightning as L
+
+    cfg = config or TrainProxyConfig()
+    scaled = spec.scaled(width_mult=cfg.width_mult, max_depth=cfg.max_depth) if (cfg.width_mult != 1 or cfg.max_depth) else spec
+    train_set, val_set, num_classes = _datasets(cfg)
+    history: List[Dict[str, float]] = []
+
+    class ProxyModule(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(scaled, num_classes=num_classes)
+            self.last_train_loss = float("nan")
+            self.first_train_loss = float("nan")
+            self._val: List[tuple] = []
+
+        def training_step(self, batch, _):
+            x, y = batch
+            loss = F.cross_entropy(self.model(x), y)
+            self.last_train_loss = float(loss.detach())
+            if self.global_step == 0:
+                self.first_train_loss = self.last_train_loss
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch, _):
+            x, y = batch
+            logits = self.model(x)
+            self._val.append((F.cross_entropy(logits, y, reduction="sum").item(), (logits.argmax(1) == y).sum().item(), len(y)))
+
+        def on_validation_epoch_end(self) -> None:
+            loss, correct, n = (sum(v[i] for v in self._val) for i in range(3))
+            self._val.clear()
+            record = {"step": int(self.global_step), "val_loss": loss / n, "val_top1": correct / n}
+            history.append(record)
+            self.log_dict({"val_loss": record["val_loss"], "val_top1": record["val_top1"]}, prog_bar=True)
+            if trial is not None:
+                import optuna
+
+                if len(trial.study.directions) == 1:
+                    trial.report(record["val_top1"], record["step"])
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"val_top1 {record['val_top1']:.3f} at step {record['step']}")
+                else:
+                    trial.set_user_attr("train_history", list(history))
+
+        def configure_optimizers(self):
+            opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
+    module = ProxyModule()
+    trainer = L.Trainer(
+        max_steps=cfg.steps, accelerator=cfg.accelerator, devices=cfg.devices, logger=False, enable_checkpointing=False,
+        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+        val_check_interval=min(cfg.val_every, len(train_loader)), check_val_every_n_epoch=None, deterministic=False,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    if not history or history[-1]["step"] != trainer.global_step:
+        trainer.validate(module, val_loader, verbose=False)
+    final = history[-1]
+    return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss, history,
+                       time.perf_counter() - start, asdict(cfg), scaled.spec_hash)
