@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml
 from .errors import ConfigError
-from .measure import LatencyConfig, MeasureOptions, Measurer, parse_metrics
+from .measure import parse_metrics
 from .references import load_spec
 from .space import apply_overrides
 from .spec import ArchSpec
@@ -128,11 +128,6 @@ def build_variants(cfg: AblationConfig) -> List[ArchSpec]:
     ]
 
 
-def _measurer(m: MeasureConfig) -> Measurer:
-    latency = LatencyConfig(backend=m.backend, warmup=m.warmup, repeats=m.repeats, **({"threads": m.threads} if m.threads else {}))
-    return Measurer(MeasureOptions(counter=m.counter, latency=latency, llm=m.llm, prompt_tokens=m.prompt_tokens))
-
-
 def _flat_row(variant: str, row: dict) -> dict:
     out = {"variant": variant, "arch": row["arch"], "spec_hash": row["spec_hash"], "resolution": row["resolution"]}
     for key in ("params", "macs", "tokens", "stride", "latency_ms", "predicted_latency_ms", "ttft_ms"):
@@ -160,7 +155,7 @@ def run_ablation(
     """Measure every (variant, resolution); write ``results.csv``, ``results.json`` and ``ablation.json``."""
     specs = build_variants(cfg)
     metrics = parse_metrics(cfg.metrics)
-    measurer = _measurer(cfg.measure)
+    measurer = cfg.measure.measurer()
     if "ttft" in metrics:
         measurer.llm  # a bad LLM name fails before any measurement
     out = Path(out)

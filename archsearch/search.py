@@ -28,7 +28,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from .errors import ArchsearchError, ConfigError, InvalidSample
-from .measure import METRICS, LatencyConfig, MeasureCache, MeasureOptions, Measurer
+from .measure import METRICS, MeasureCache
 from .proxy import PROXIES, ProxyConfig, score_proxy
 from .proxy.train import TrainProxyConfig, train_proxy
 from .references import load_spec
@@ -97,8 +97,8 @@ def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
 
 
 def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
-    # Optuna logs a failed trial with its traceback; the runner reports it in one line instead (the
-    # traceback stays in the trial's system attribute ``fail_reason``).
+    # Optuna logs a failed trial with its traceback; the runner reports it in one line instead and keeps
+    # the error on the trial (user attribute ``error``).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = _storage(cfg, url)
     directions = [o.direction for o in cfg.objectives]
@@ -196,10 +196,7 @@ class SearchRunner:
         self.warn = warn
         self.space: SearchSpace = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
         m = cfg.measure
-        latency = LatencyConfig(
-            backend=m.backend, warmup=m.warmup, repeats=m.repeats, **({"threads": m.threads} if m.threads else {})
-        )
-        self.measurer = Measurer(MeasureOptions(counter=m.counter, latency=latency, llm=m.llm, prompt_tokens=m.prompt_tokens))
+        self.measurer = m.measurer()
         self.proxy_config = ProxyConfig(
             width_mult=m.proxy_width_mult, max_depth=m.proxy_max_depth, resolution=m.proxy_resolution,
             batch_size=m.proxy_batch_size, seed=m.proxy_seed,
@@ -263,7 +260,11 @@ class SearchRunner:
         trial.set_user_attr("resolution", cand.resolution)
         trial.set_user_attr("output_stride", spec.output_stride)
         trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
-        values = self.evaluate(spec, cand.resolution, trial)
+        try:
+            values = self.evaluate(spec, cand.resolution, trial)
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).strip()[:500]}")
+            raise
         trial.set_user_attr("metrics", values)
         for c, violation in zip(self.cfg.constraints, self._violations(values)):
             trial.set_constraint(f"{c.metric}", violation)
@@ -279,7 +280,11 @@ class SearchRunner:
         if "references" not in attrs and self.references:
             refs = []
             for spec, res in self.references:
-                values = self.evaluate(spec, res)
+                try:
+                    values = self.evaluate(spec, res)
+                except Exception as e:  # noqa: BLE001 - a reference that cannot be measured must not stop the study
+                    self.warn(f"reference {spec.name or spec.spec_hash} at {res} px not evaluated: {type(e).__name__}: {e}")
+                    continue
                 feasible = all(v <= 0 for v in self._violations(values))
                 params = self.space.params_for(spec, res)
                 if params is not None:
@@ -299,8 +304,8 @@ class SearchRunner:
 
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state == TrialState.FAIL:
-            reason = (trial.system_attrs.get("fail_reason") or "").strip().splitlines()
-            self.warn(f"trial {trial.number} failed: {reason[-1] if reason else 'unknown error'}; the study goes on")
+            reason = trial.user_attrs.get("error", "interrupted or failed outside the measurement")
+            self.warn(f"trial {trial.number} failed: {reason.splitlines()[0]}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))
         if trial.values:
             metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})
@@ -329,6 +334,7 @@ class SearchRunner:
             self._prepare_study()
         deadline = None if self.cfg.timeout_s is None else time.monotonic() + self.cfg.timeout_s
         ran, stopped = 0, "budget"
+        failed_in_a_row = 0
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 stopped = "timeout"
@@ -342,6 +348,13 @@ class SearchRunner:
             finally:
                 self.lock.release()
             ran += 1
+            # Failed trials do not use the budget (they are retried), so a search whose every trial fails
+            # (a broken measurement, a missing device) must stop on its own.
+            last = self.study.get_trials(deepcopy=False)[-1] if self.study.trials else None
+            failed_in_a_row = failed_in_a_row + 1 if last is not None and last.state == TrialState.FAIL else 0
+            if failed_in_a_row >= self.cfg.max_consecutive_failures:
+                stopped = f"{failed_in_a_row} failed trials in a row (max_consecutive_failures)"
+                break
             if on_trial:
                 on_trial(min(self.counted_trials(), budget), budget)
         return SearchResult(self.study, ran, stopped)

@@ -90,6 +90,15 @@ class MeasureConfig:
     train_steps: int = 150
     train_data: str = "digits"
 
+    def measurer(self):
+        """The :class:`~archsearch.measure.Measurer` these settings describe (one per process)."""
+        from .measure import LatencyConfig, MeasureOptions, Measurer
+
+        latency = LatencyConfig(
+            backend=self.backend, warmup=self.warmup, repeats=self.repeats, **({"threads": self.threads} if self.threads else {})
+        )
+        return Measurer(MeasureOptions(counter=self.counter, latency=latency, llm=self.llm, prompt_tokens=self.prompt_tokens))
+
 
 @dataclass
 class EnqueueConfig:
@@ -120,6 +129,8 @@ class TrialsConfig:
     heartbeat_s: int = 10
     grace_s: int = 30
     max_retry: int = 2
+    #: Stop this process after this many trials in a row have failed (exceptions are not retried forever).
+    max_consecutive_failures: int = 5
     description: str = ""
     #: Directory of the trials file; relative paths (space, enqueued specs) resolve against it.
     base_dir: str = "."

@@ -122,16 +122,31 @@ def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = runner.evaluate
 
-    def flaky(spec, resolution):
+    def flaky(spec, resolution, trial=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated measurement crash")
-        return original(spec, resolution)
+        return original(spec, resolution, trial)
 
     monkeypatch.setattr(runner, "evaluate", flaky)
     study = runner.run().study
     assert len(study.get_trials(states=(TrialState.FAIL,))) == 1
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
+
+
+def test_a_search_whose_trials_all_fail_stops(tmp_path, monkeypatch):
+    cfg = load_trials(_experiment(tmp_path, n_trials=50), ["max_consecutive_failures=3", "tracking.enabled=false"])
+    warnings = []
+    runner = SearchRunner(cfg, warn=warnings.append)
+
+    def broken(spec, resolution, trial=None):
+        raise RuntimeError("no such device")
+
+    monkeypatch.setattr(runner, "evaluate", broken)
+    result = runner.run()
+    assert "3 failed trials in a row" in result.stopped
+    assert len(result.study.get_trials(states=(TrialState.FAIL,))) == 3
+    assert warnings and "no such device" in warnings[-1]
 
 
 def test_unreachable_tracking_warns_once(tmp_path):
