@@ -211,6 +211,7 @@ class SearchRunner:
         self.lock = _BudgetLock(self.url, cfg.study)
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
+        self._last_state: Optional[TrialState] = None
 
     # --- evaluation -----------------------------------------------------------------------------
     def _metric_names(self) -> List[str]:
@@ -303,6 +304,7 @@ class SearchRunner:
         self.parent_run_id = self.study.user_attrs.get("mlflow_parent_run_id")
 
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._last_state = trial.state  # this process's trial (with many workers the study's last may not be)
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("error", "interrupted or failed outside the measurement")
             self.warn(f"trial {trial.number} failed: {reason.splitlines()[0]}; the study goes on")
@@ -350,8 +352,7 @@ class SearchRunner:
             ran += 1
             # Failed trials do not use the budget (they are retried), so a search whose every trial fails
             # (a broken measurement, a missing device) must stop on its own.
-            last = self.study.get_trials(deepcopy=False)[-1] if self.study.trials else None
-            failed_in_a_row = failed_in_a_row + 1 if last is not None and last.state == TrialState.FAIL else 0
+            failed_in_a_row = failed_in_a_row + 1 if self._last_state == TrialState.FAIL else 0
             if failed_in_a_row >= self.cfg.max_consecutive_failures:
                 stopped = f"{failed_in_a_row} failed trials in a row (max_consecutive_failures)"
                 break
