@@ -38,7 +38,11 @@ class TrainProxyConfig:
     val_size: int = 512
     #: ``digits`` (the built-in canvas task) or a path to an ImageFolder tree (with ``train``/``val`` inside).
     data: str = "digits"
-    digit_px: int = 16
+    #: Digit size and distractor count of the built-in task. 32 px digits with 2 distractors on a 64 px
+    #: canvas are learnable in a few hundred steps (val top-1 0.76 after 500 steps, 74 s, for a
+    #: quarter-width FastViT-T8 here); 16 px digits with 6 distractors stayed at chance for 600 steps.
+    digit_px: int = 32
+    clutter: int = 2
     seed: int = 0
     accelerator: str = "cpu"
     devices: int = 1
@@ -67,7 +71,7 @@ class TrainResult:
 
 def _datasets(cfg: TrainProxyConfig):
     if cfg.data == "digits":
-        common = dict(canvas=cfg.resolution, digit_px=cfg.digit_px, seed=cfg.seed)
+        common = dict(canvas=cfg.resolution, digit_px=min(cfg.digit_px, cfg.resolution), clutter=cfg.clutter, seed=cfg.seed)
         return (DigitCanvas(cfg.train_size, split="train", **common), DigitCanvas(cfg.val_size, split="val", **common), 10)
     train, val = image_folder(f"{cfg.data}/train", cfg.resolution), image_folder(f"{cfg.data}/val", cfg.resolution)
     return train, val, len(train.classes)
