@@ -7,6 +7,7 @@ history then goes to the trial's user attributes).
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
@@ -79,6 +80,10 @@ def _datasets(cfg: TrainProxyConfig):
 
 def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None) -> TrainResult:
     import lightning as L
+
+    # Lightning announces devices and tips on every Trainer; a proxy trains hundreds of times.
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     cfg = config or TrainProxyConfig()
     scaled = spec.scaled(width_mult=cfg.width_mult, max_depth=cfg.max_depth) if (cfg.width_mult != 1 or cfg.max_depth) else spec
