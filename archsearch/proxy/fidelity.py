@@ -34,8 +34,8 @@ def proxy_fidelity(
 
     short = train or TrainProxyConfig(max_depth=None)
     long = dataclasses.replace(short, steps=short.steps * factor, val_every=short.steps * factor)
-    zc = ProxyConfig(width_mult=short.width_mult, max_depth=short.max_depth, resolution=short.resolution,
-                     batch_size=16, seed=short.seed)
+    zc = ProxyConfig(width_mult=short.width_mult, max_depth=short.max_depth, round_to=short.round_to,
+                     resolution=short.resolution, batch_size=16, seed=short.seed)
     candidates, _ = draw(space, n, seed=seed)
     rows = []
     start = time.perf_counter()

@@ -19,14 +19,15 @@ from torch.utils.data import DataLoader
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec
+from ._scaling import ScalingRule
 from .data import DigitCanvas, image_folder
 
 __all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
 
 
 @dataclass(frozen=True)
-class TrainProxyConfig:
-    #: Scaling rule: the trained network is ``spec.scaled(width_mult, max_depth)`` at ``resolution``.
+class TrainProxyConfig(ScalingRule):
+    #: Scaling rule (shared with the zero-cost proxies): the trained network is ``self.scaled(spec)``.
     width_mult: float = 0.125
     max_depth: Optional[int] = 1
     resolution: int = 64
@@ -50,6 +51,7 @@ class TrainProxyConfig:
     progress_bar: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("resolution", "steps", "batch_size", "val_every", "train_size", "val_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
@@ -86,7 +88,7 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
         logging.getLogger(name).setLevel(logging.WARNING)
 
     cfg = config or TrainProxyConfig()
-    scaled = spec.scaled(width_mult=cfg.width_mult, max_depth=cfg.max_depth) if (cfg.width_mult != 1 or cfg.max_depth) else spec
+    scaled = cfg.scaled(spec)
     train_set, val_set, num_classes = _datasets(cfg)
     history: List[Dict[str, float]] = []
 

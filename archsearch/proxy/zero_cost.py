@@ -25,33 +25,27 @@ import torch.nn.functional as F
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec
+from ._scaling import ScalingRule
 
 __all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
+class ProxyConfig(ScalingRule):
     """How a spec is scored: the scaling rule (width, depth, resolution), batch and seed."""
 
     width_mult: float = 0.25
     max_depth: Optional[int] = 2
-    round_to: int = 8
     resolution: int = 64
     batch_size: int = 16
     num_classes: int = 10
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.width_mult <= 0:
-            raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
-        for key in ("resolution", "batch_size", "num_classes", "round_to"):
+        super().__post_init__()
+        for key in ("resolution", "batch_size", "num_classes"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
-
-    def scaled(self, spec: ArchSpec) -> ArchSpec:
-        if self.width_mult == 1.0 and self.max_depth is None:
-            return spec
-        return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,31 @@
+"""The one scaling rule shared by every proxy: how a spec too big for this machine is shrunk."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..errors import ConfigError
+from ..spec import ArchSpec
+
+
+@dataclass(frozen=True)
+class ScalingRule:
+    """Width factor, depth cap and width rounding; logged with every proxy score so it can be rerun."""
+
+    width_mult: float = 0.25
+    max_depth: Optional[int] = 2
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        if self.width_mult <= 0:
+            raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
+        if self.max_depth is not None and self.max_depth < 1:
+            raise ConfigError("max_depth", f"must be >= 1, got {self.max_depth}")
+        if self.round_to < 1:
+            raise ConfigError("round_to", f"must be >= 1, got {self.round_to}")
+
+    def scaled(self, spec: ArchSpec) -> ArchSpec:
+        """The spec itself when the rule is the identity (factor 1, no cap), else ``spec.scaled``."""
+        if self.width_mult == 1.0 and self.max_depth is None:
+            return spec
+        return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
