@@ -522,7 +522,8 @@ def _proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width-mult", type=float, default=None, help="scaled copy: width multiplier")
     p.add_argument("--max-depth", type=int, default=None, help="scaled copy: depth cap per stage")
     p.add_argument("--resolution", "-r", type=int, default=64, help="input side (the canvas side for train)")
-    p.add_argument("--steps", type=int, default=300, help="training steps (train)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (train; default 500)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (train; default 3e-3)")
     p.add_argument("--data", default="digits", help="train: 'digits' (built in) or an ImageFolder root with train/ and val/")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -537,7 +538,8 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.kind == "train":
         from .proxy.train import TrainProxyConfig, train_proxy
 
-        cfg = TrainProxyConfig(resolution=args.resolution, steps=args.steps, data=args.data, seed=args.seed,
+        cfg = TrainProxyConfig(resolution=args.resolution, data=args.data, seed=args.seed,
+                               **({"steps": args.steps} if args.steps else {}), **({"lr": args.lr} if args.lr else {}),
                                **({"width_mult": args.width_mult} if args.width_mult else {}),
                                **({"max_depth": args.max_depth} if args.max_depth else {}))
         r = train_proxy(spec, cfg)
@@ -568,6 +570,7 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=150, help="short-training budget; the reference trains --factor x longer")
     p.add_argument("--factor", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width-mult", type=float, default=0.125)
     p.add_argument("--max-depth", type=int, default=None, help="depth cap (default: keep every stage's depth)")
     p.add_argument("--resolution", "-r", type=int, default=64)
@@ -583,13 +586,13 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
 
     space = load_space(args.space, args.overrides)
     cfg = TrainProxyConfig(width_mult=args.width_mult, max_depth=args.max_depth, resolution=args.resolution,
-                           steps=args.steps, val_every=args.steps, seed=args.seed)
+                           steps=args.steps, val_every=args.steps, lr=args.lr, seed=args.seed)
     with _progress() as progress:
         task = progress.add_task("proxy fidelity", total=args.n)
         result = proxy_fidelity(space, args.n, seed=args.seed, train=cfg, factor=args.factor,
                                 progress=lambda msg: progress.update(task, advance=1, description=msg))
     command = " ".join(["archsearch proxy-fidelity", args.space, "-n", str(args.n), "--seed", str(args.seed), "--steps",
-                        str(args.steps), "--factor", str(args.factor), "--width-mult", str(args.width_mult),
+                        str(args.steps), "--factor", str(args.factor), "--lr", str(args.lr), "--width-mult", str(args.width_mult),
                         *(["--max-depth", str(args.max_depth)] if args.max_depth else []), "-r", str(args.resolution),
                         "--out", args.out, *args.overrides])
     path = write_fidelity_report(result, Path(args.out), command)

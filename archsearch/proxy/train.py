@@ -28,12 +28,15 @@ __all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
 @dataclass(frozen=True)
 class TrainProxyConfig(ScalingRule):
     #: Scaling rule (shared with the zero-cost proxies): the trained network is ``self.scaled(spec)``.
-    width_mult: float = 0.125
-    max_depth: Optional[int] = 1
+    #: Defaults validated on the built-in task: a quarter-width, depth-2 FastViT-T8 reaches val top-1
+    #: 0.56-0.76 after 500 steps at lr 3e-3 (73-74 s on 2 cores; chance 0.10). At 1/8 width, depth 1, 300
+    #: steps, lr 2e-3 it stayed at 0.12, and at lr 2e-3 with these widths it reached 0.28.
+    width_mult: float = 0.25
+    max_depth: Optional[int] = 2
     resolution: int = 64
-    steps: int = 300
+    steps: int = 500
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 0.05
     val_every: int = 100
     train_size: int = 4096
