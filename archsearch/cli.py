@@ -316,7 +316,9 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to calibrate (default cpu)")
     p.add_argument("--space", action="append", default=None, help="space(s) to sample from (default: search_spaces/*.yaml)")
     p.add_argument("-n", type=int, default=15, help="specs sampled per space for the table (default 15)")
-    p.add_argument("--fit", type=int, default=6, help="whole models measured to fit the scale factor (default 6)")
+    p.add_argument("--fit", type=int, default=12, help="whole models measured to fit scale and exponent (default 12)")
+    p.add_argument("--statistic", default="relative", choices=["relative", "median", "p10"],
+                   help="relative (default): ratios to a probe timed interleaved, drift cancels; or absolute ms")
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--resolution", "-r", default=None, help="override the spaces' resolutions, e.g. 256,512")
     p.add_argument("--threads", type=int, default=None)
@@ -337,7 +339,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     overrides = [f"resolution=[{args.resolution}]"] if args.resolution else []
     cfg = LatencyConfig(backend="cuda" if args.device == "cuda" else "torch-cpu",
                         **({"threads": args.threads} if args.threads else {}))
-    predictor = LatencyPredictor(cfg)
+    predictor = LatencyPredictor(cfg, statistic=args.statistic)
     candidates = []
     for path in spaces:
         found, _ = draw(load_space(path, overrides), args.n, seed=args.seed)
@@ -358,7 +360,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         "table": str(predictor.path),
         "entries": len(predictor.entries),
         "new_entries": len(predictor.entries) - before,
+        "statistic": predictor.statistic,
         "scale": predictor.scale,
+        "exponent": predictor.exponent,
+        "probe_ms": predictor.probe_ms,
         "fit_ratios": fit.get("ratios", []),
         "seconds": round(time.perf_counter() - start, 1),
         "backend": cfg.backend,
@@ -369,7 +374,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     else:
         _out.print(
             f"calibrated {report['entries']} table entries ({report['new_entries']} new) in {report['seconds']} s; "
-            f"scale {report['scale']:.3f} from {len(report['fit_ratios'])} whole models -> {report['table']}"
+            f"{report['statistic']} table; measured = {report['scale']:.3g} x sum^{report['exponent']:.3f} from "
+            f"{len(report['fit_ratios'])} whole models -> {report['table']}"
         )
     return 0
 

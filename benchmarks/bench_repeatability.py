@@ -1,6 +1,6 @@
 """Latency repeatability: the same model's median in N fresh processes; max/min of the medians.
 
-    python benchmarks/bench_repeatability.py [--spec fastvit_sa12] [--resolution 256] [--processes 5]
+    python benchmarks/bench_repeatability.py [--spec fastvit_sa12] [--resolution 256] [--processes 5] [--threads 1]
 """
 from __future__ import annotations
 
@@ -24,13 +24,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--backend", default="torch-cpu")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="intra-op threads (default 1: on the 2-vCPU VM 2 threads were at most 1.25x faster and "
+                         "every daemon wake-up stalls the whole parallel region)")
     ap.add_argument("--vs", default="fastvit_t8", help="reference timed interleaved in each process (ratio)")
     args = ap.parse_args()
     medians, iqrs, p10s, ratios, conditions = [], [], [], [], None
     for i in range(args.processes):
         out = subprocess.run(
             [sys.executable, "-m", "archsearch.cli", "measure", args.spec, "-r", args.resolution, "-m", "latency",
-             "--backend", args.backend, "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--no-cache", "--json",
+             "--backend", args.backend, "--threads", str(args.threads), "--repeats", str(args.repeats), "--warmup", str(args.warmup), "--no-cache", "--json",
              "--vs", args.vs],
             capture_output=True, text=True, check=True,
         )
@@ -58,7 +61,7 @@ def main() -> None:
         f"Conditions: {conditions['backend']}, {conditions['threads']} threads, {conditions['warmup']} warm-up, "
         f"{conditions['repeats']} repeats, batch {conditions['batch']}, denormals flushed, reparameterized.\n"
     )
-    write(f"repeatability_{args.spec}_{args.resolution}", {"stamp": stamp(), "medians_ms": medians, "iqrs_ms": iqrs,
+    write(f"repeatability_{args.spec}_{args.resolution}_t{conditions['threads']}", {"stamp": stamp(), "medians_ms": medians, "iqrs_ms": iqrs,
                                                            "max_over_min": ratio, "p10s_ms": p10s, "ratios": ratios,
                                                            "conditions": conditions}, md)
 

@@ -175,7 +175,8 @@ def _predicted(m: Measurer, spec: ArchSpec, hw) -> dict:
     p = m.predictor
     return {
         "predicted_latency_ms": m.predicted_latency_ms(spec, hw),
-        "predicted_latency": {"table": str(p.path), "scale": p.scale, "backend": p.config.backend, "threads": p.config.threads},
+        "predicted_latency": {"table": str(p.path), "statistic": p.statistic, "scale": p.scale, "exponent": p.exponent,
+                              "probe_ms": p.probe_ms, "backend": p.config.backend, "threads": p.config.threads},
     }
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "compare_latency",
     "measure_latency",
     "time_module",
+    "time_modules_interleaved",
 ]
 
 
@@ -264,6 +265,35 @@ def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
     return samples
 
 
+def _interleaved(pa: _Prepared, pb: _Prepared, cfg: LatencyConfig) -> tuple[List[float], List[float]]:
+    for _ in range(cfg.warmup):
+        pa.run()
+        pb.run()
+    pa.sync()
+    pb.sync()
+    ta: List[float] = []
+    tb: List[float] = []
+    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
+    for _ in range(cfg.repeats):
+        ta.append(_timed(pa))
+        tb.append(_timed(pb))
+        if deadline is not None and len(ta) >= 3 and time.monotonic() > deadline:
+            break
+    return ta, tb
+
+
+def time_modules_interleaved(
+    a: tuple[nn.Module, torch.Tensor], b: tuple[nn.Module, torch.Tensor], cfg: LatencyConfig
+) -> tuple[LatencyStats, LatencyStats, LatencyStats]:
+    """(A stats, B stats, A/B ratio stats) for two (module, input) pairs timed A B A B ..."""
+    with _timing_environment(cfg):
+        pa = LATENCY_BACKENDS[cfg.backend](a[0].eval(), a[1], cfg)
+        pb = LATENCY_BACKENDS[cfg.backend](b[0].eval(), b[1], cfg)
+        ta, tb = _interleaved(pa, pb, cfg)
+    ratios = [x / y for x, y in zip(ta, tb)]
+    return LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
+
+
 def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
     cfg = config or LatencyConfig()
     hw = parse_resolution(resolution)
@@ -302,15 +332,9 @@ def compare_latency(
     with _timing_environment(cfg):
         pa = LATENCY_BACKENDS[cfg.backend](_deploy_model(a), _example(a, hw_a, cfg), cfg)
         pb = LATENCY_BACKENDS[cfg.backend](_deploy_model(b), _example(b, hw_b, cfg), cfg)
-        for _ in range(cfg.warmup):
-            pa.run()
-            pb.run()
-        ta, tb = [], []
-        for _ in range(cfg.repeats):
-            ta.append(_timed(pa))
-            tb.append(_timed(pb))
+        ta, tb = _interleaved(pa, pb, cfg)
     ratios = [x / y for x, y in zip(ta, tb)]
-    conditions = _conditions(cfg, hw_a, cfg.repeats)
+    conditions = _conditions(cfg, hw_a, len(ta))
     conditions.update(resolution_b=list(hw_b), interleaved=True)
     return LatencyComparison(
         LatencyStats.from_samples(ratios), LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), conditions

@@ -7,6 +7,14 @@ isolation, built by the same builder functions as the model, in deploy form. Iso
 some of what a whole network pays (cache reuse across blocks, allocator behaviour), so calibration
 also measures a few whole models and fits one scale factor: the median of measured / summed.
 
+The ``relative`` statistic makes the table survive a drifting machine: every component (and every
+whole model of the scale fit) is timed interleaved with a fixed *probe* (the whole deploy
+FastViT-T8 at 256 px) and stored as the median of the per-pair ratios, in probe units. A
+prediction is the summed ratio times the probe's latency: the one recorded at calibration, or one
+re-timed now (:meth:`LatencyPredictor.rebase`, a fraction of a second), which puts the prediction on
+the machine's current speed. On the 2-vCPU VM, whose speed drifts 20-50% within minutes, absolute
+tables missed the whole-model latency by 17-27% (median); see ``benchmarks/results/``.
+
 Tables live under the cache directory, one per (device fingerprint, backend, threads).
 """
 from __future__ import annotations
@@ -26,9 +34,12 @@ from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
 from .cache import default_cache_dir
 from .device import device_fingerprint, device_info
-from .latency import LatencyConfig, measure_latency, time_module
+from .latency import LatencyConfig, _deploy_model, _example, measure_latency, time_module, time_modules_interleaved
 
-__all__ = ["Component", "LatencyPredictor", "components"]
+__all__ = ["Component", "LatencyPredictor", "STATISTICS", "components", "probe"]
+
+#: What a table entry holds: the component's median or 10th-percentile ms, or its median ratio to the probe.
+STATISTICS = ("median", "p10", "relative")
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,18 @@ def components(spec: ArchSpec, resolution: Resolution) -> List[Component]:
     return out
 
 
+def probe() -> Tuple[nn.Module, torch.Tensor]:
+    """The fixed reference workload of the ``relative`` table: the whole deploy FastViT-T8 at 256 px.
+
+    A whole network, not one block: other tenants slow cache- and bandwidth-hungry whole networks more
+    than one block whose weights stay in cache, so a one-block probe let the ratios drift by ~20%.
+    """
+    from ..references import get_reference
+
+    spec = get_reference("fastvit_t8").spec
+    return _deploy_model(spec), _example(spec, (256, 256), LatencyConfig(threads=1))
+
+
 class LatencyPredictor:
     """``predict(spec, resolution)`` in ms from a per-device table; missing entries can be measured."""
 
@@ -117,12 +140,13 @@ class LatencyPredictor:
         *,
         path: Optional[Path] = None,
         component_repeats: int = 7,
-        statistic: str = "median",
+        statistic: str = "relative",
     ) -> None:
-        if statistic not in ("median", "p10"):
-            raise ConfigError("statistic", f"{statistic!r} is not one of: median, p10")
-        #: Which per-component statistic is summed: the median, or the 10th percentile (less affected
-        #: by other tenants of a shared machine, whose interference only ever adds time).
+        if statistic not in STATISTICS:
+            raise ConfigError("statistic", f"{statistic!r} is not one of: {', '.join(STATISTICS)}")
+        #: Which per-component statistic is summed: the median, the 10th percentile (less affected by
+        #: other tenants of a shared machine, whose interference only ever adds time), or the median
+        #: ratio to the probe timed interleaved (``relative``; drift cancels).
         self.statistic = statistic
         self.config = config or LatencyConfig()
         self.component_config = dataclasses.replace(self.config, warmup=2, repeats=component_repeats, time_budget_s=2.0)
@@ -132,14 +156,23 @@ class LatencyPredictor:
         self.path = path or default_cache_dir() / "latency_lut" / name
         self.entries: Dict[str, dict] = {}
         self.scale: float = 1.0
+        #: measured = scale * sum ** exponent: isolated blocks keep their weights in cache, a whole
+        #: network does not, so big networks run slower than their summed blocks (exponent > 1).
+        self.exponent: float = 1.0
         self.fit: dict = {}
         self._all_fits: Dict[str, dict] = {}
+        #: Probe medians (ms) seen while calibrating (relative tables); their median converts to ms.
+        self.probe_samples_ms: List[float] = []
+        self._rebased_ms: Optional[float] = None
+        self._probe: Optional[Tuple[nn.Module, torch.Tensor]] = None
         if self.path.exists():
             data = json.loads(self.path.read_text(encoding="utf-8"))
             self.entries = data.get("entries", {})
+            self.probe_samples_ms = data.get("probe_samples_ms", [])
             self.fit = data.get("fit", {}).get(statistic, {})
             self._all_fits = data.get("fit", {})
             self.scale = float(self.fit.get("scale", 1.0))
+            self.exponent = float(self.fit.get("exponent", 1.0))
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,14 +184,43 @@ class LatencyPredictor:
                 "component_repeats": self.component_config.repeats,
             },
             "fit": {**self._all_fits, self.statistic: self.fit},
+            "probe_samples_ms": self.probe_samples_ms,
             "entries": self.entries,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(self.path)
 
+    @property
+    def _field(self) -> str:
+        return "relative" if self.statistic == "relative" else f"{self.statistic}_ms"
+
     def _has(self, key: str) -> bool:
-        return key in self.entries and f"{self.statistic}_ms" in self.entries[key]
+        return key in self.entries and self._field in self.entries[key]
+
+    def _time_vs_probe(self, pair: Tuple[nn.Module, torch.Tensor], config: LatencyConfig):
+        if self._probe is None:
+            self._probe = probe()
+        a, b, ratio = time_modules_interleaved(pair, self._probe, config)
+        self.probe_samples_ms.append(b.median_ms)
+        self.probe_samples_ms = self.probe_samples_ms[-200:]
+        return a, ratio
+
+    @property
+    def probe_ms(self) -> Optional[float]:
+        """The probe latency predictions are converted with: re-timed by :meth:`rebase`, else the
+        median over calibration."""
+        if self._rebased_ms is not None:
+            return self._rebased_ms
+        return statistics.median(self.probe_samples_ms) if self.probe_samples_ms else None
+
+    def rebase(self) -> float:
+        """Re-time the probe now, so that ``predict`` is in ms at the machine's current speed."""
+        if self._probe is None:
+            self._probe = probe()
+        cfg = dataclasses.replace(self.component_config, repeats=15)
+        self._rebased_ms = time_module(self._probe[0], self._probe[1], cfg).median_ms
+        return self._rebased_ms
 
     def missing(self, spec: ArchSpec, resolution: Resolution) -> List[Component]:
         return [c for c in components(spec, resolution) if not self._has(c.key)]
@@ -169,10 +231,14 @@ class LatencyPredictor:
             if self._has(comp.key):
                 continue
             module, x = comp.make()
-            stats = time_module(module, x, self.component_config)
-            self.entries[comp.key] = {
-                "median_ms": stats.median_ms, "p10_ms": stats.p10_ms, "iqr_ms": stats.iqr_ms, "repeats": stats.repeats
-            }
+            entry: Dict[str, float] = {}
+            if self.statistic == "relative":
+                stats, ratio = self._time_vs_probe((module, x), self.component_config)
+                entry["relative"] = ratio.median_ms  # a ratio: LatencyStats is unit-free here
+            else:
+                stats = time_module(module, x, self.component_config)
+            entry.update(median_ms=stats.median_ms, p10_ms=stats.p10_ms, iqr_ms=stats.iqr_ms, repeats=stats.repeats)
+            self.entries[comp.key] = {**self.entries.get(comp.key, {}), **entry}
             done += 1
             if progress:
                 progress(comp.key)
@@ -189,24 +255,68 @@ class LatencyPredictor:
                 )
             self.measure_components(absent)
             self.save()
-        return sum(c.count * self.entries[c.key][f"{self.statistic}_ms"] for c in comps)
+        return sum(c.count * self.entries[c.key][self._field] for c in comps)
 
     def predict(self, spec: ArchSpec, resolution: Resolution, *, measure_missing: bool = True) -> float:
-        return self.scale * self.raw_sum_ms(spec, resolution, measure_missing=measure_missing)
+        """Predicted latency in ms (relative tables: at the probe speed of calibration or of ``rebase``)."""
+        raw = self._apply(self.raw_sum_ms(spec, resolution, measure_missing=measure_missing))
+        if self.statistic != "relative":
+            return raw
+        if self.probe_ms is None:
+            self.rebase()
+        return raw * self.probe_ms
+
+    def predict_relative(self, spec: ArchSpec, resolution: Resolution, *, measure_missing: bool = True) -> float:
+        """Predicted latency in probe units (``relative`` tables only)."""
+        if self.statistic != "relative":
+            raise ConfigError("statistic", "predict_relative needs a 'relative' table")
+        return self._apply(self.raw_sum_ms(spec, resolution, measure_missing=measure_missing))
+
+    def _apply(self, raw: float) -> float:
+        return self.scale * raw**self.exponent
+
+    def measure_relative(self, spec: ArchSpec, resolution: Resolution) -> Tuple[float, float]:
+        """(latency ms, latency / probe) of the whole deploy model, timed interleaved with the probe."""
+        hw = parse_resolution(resolution)
+        pair = (_deploy_model(spec), _example(spec, hw, self.config))
+        stats, ratio = self._time_vs_probe(pair, self.config)
+        return stats.median_ms, ratio.median_ms
 
     def fit_scale(self, pairs: Sequence[Tuple[ArchSpec, Resolution]], progress: Optional[Callable[[str], None]] = None) -> dict:
-        """Measure whole models and set ``scale`` = median(measured / table sum)."""
+        """Measure whole models and fit measured = scale * sum ** exponent (see :func:`_fit_power`)."""
         ratios, rows = [], []
         for spec, res in pairs:
             raw = self.raw_sum_ms(spec, res, measure_missing=True)
-            stats = measure_latency(spec, res, self.config).stats
-            measured = stats.p10_ms if self.statistic == "p10" else stats.median_ms
+            if self.statistic == "relative":
+                measured = self.measure_relative(spec, res)[1]
+            else:
+                stats = measure_latency(spec, res, self.config).stats
+                measured = stats.p10_ms if self.statistic == "p10" else stats.median_ms
             ratios.append(measured / raw)
             rows.append({"spec_hash": spec.spec_hash, "arch": spec.code, "resolution": res, "sum_ms": raw, "measured_ms": measured})
             if progress:
                 progress(spec.code)
         if ratios:
-            self.scale = statistics.median(ratios)
-            self.fit = {"scale": self.scale, "ratios": ratios, "specs": rows, "statistic": self.statistic}
+            self.scale, self.exponent = _fit_power(rows)
+            self.fit = {"scale": self.scale, "exponent": self.exponent, "ratios": ratios, "specs": rows, "statistic": self.statistic}
             self.save()
         return self.fit
+
+
+def _fit_power(rows: Sequence[dict], min_points: int = 5, span: float = 3.0) -> Tuple[float, float]:
+    """(scale, exponent) of measured = scale * sum ** exponent, least squares in log space.
+
+    The exponent is fitted only when the specs span ``span``x in size and there are ``min_points``
+    of them (clipped to [0.8, 1.3]); otherwise it is 1 and the scale is the median ratio.
+    """
+    import math
+
+    xs = [math.log(r["sum_ms"]) for r in rows]
+    ys = [math.log(r["measured_ms"]) for r in rows]
+    if len(rows) < min_points or max(xs) - min(xs) < math.log(span):
+        return statistics.median(math.exp(y - x) for x, y in zip(xs, ys)), 1.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    b = min(1.3, max(0.8, b))
+    a = statistics.median(math.exp(y - b * x) for x, y in zip(xs, ys))
+    return a, b

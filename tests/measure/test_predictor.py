@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import statistics
 
+import pytest
+
+from archsearch.errors import ConfigError
 from archsearch.measure.latency import LatencyConfig, measure_latency
 from archsearch.measure.predictor import LatencyPredictor, components
 from archsearch.references import get_reference
@@ -35,7 +38,7 @@ def test_components_build_their_modules():
 
 
 def test_predictor_within_a_loose_bound(tmp_path):
-    predictor = LatencyPredictor(CFG, path=tmp_path / "lut.json")
+    predictor = LatencyPredictor(CFG, path=tmp_path / "lut.json", statistic="median")
     fastvit = [p for p in SPACES if p.stem == "fastvit"][0]
     candidates, _ = draw(load_space(fastvit, ["resolution=[96]"]), 8, seed=2)
     tiny = [(c.spec.scaled(width_mult=0.25, max_depth=2), 96) for c in candidates]
@@ -46,5 +49,39 @@ def test_predictor_within_a_loose_bound(tmp_path):
         errors.append(abs(predictor.predict(spec, res) - measured) / measured)
     # Loose on purpose: a shared 2-core CI machine; benchmarks/ has the real accuracy figures.
     assert statistics.median(errors) < 0.5, errors
-    reloaded = LatencyPredictor(CFG, path=tmp_path / "lut.json")
+    reloaded = LatencyPredictor(CFG, path=tmp_path / "lut.json", statistic="median")
     assert reloaded.entries == predictor.entries and reloaded.scale == predictor.scale
+
+
+def test_relative_table_is_in_probe_units(tmp_path):
+    """A relative table stores ratios to the probe; ms come from the probe's calibration median or a rebase."""
+    predictor = LatencyPredictor(CFG, path=tmp_path / "lut.json", statistic="relative", component_repeats=3)
+    spec = get_reference("fastvit_t8").spec.scaled(width_mult=0.25, max_depth=1)
+    rel = predictor.predict_relative(spec, 64)
+    assert all("relative" in e and e["relative"] > 0 for e in predictor.entries.values())
+    assert predictor.probe_samples_ms and predictor.probe_ms == statistics.median(predictor.probe_samples_ms)
+    assert predictor.predict(spec, 64) == pytest.approx(rel * predictor.probe_ms)
+    # The probe is the whole FastViT-T8 at 256 px, the scaled copy at 64 px is far cheaper.
+    assert rel < 1.0
+    rebased = predictor.rebase()
+    assert predictor.probe_ms == rebased and predictor.predict(spec, 64) == pytest.approx(rel * rebased)
+    # Whole-model ratio to the probe, timed interleaved.
+    ms, ratio = predictor.measure_relative(spec, 64)
+    assert ms > 0 and 0 < ratio < 1.0
+    predictor.save()
+    assert LatencyPredictor(CFG, path=tmp_path / "lut.json").probe_samples_ms == predictor.probe_samples_ms
+
+
+def test_power_fit_recovers_exponent():
+    from archsearch.measure.predictor import _fit_power
+
+    rows = [{"sum_ms": x, "measured_ms": 0.5 * x**1.1} for x in (10, 20, 40, 80, 160)]
+    scale, exponent = _fit_power(rows)
+    assert exponent == pytest.approx(1.1) and scale == pytest.approx(0.5)
+    # Too narrow a span: exponent 1, scale the median ratio.
+    assert _fit_power(rows[:2]) == (pytest.approx(statistics.median([0.5 * 10**0.1, 0.5 * 20**0.1])), 1.0)
+
+
+def test_unknown_statistic_is_refused():
+    with pytest.raises(ConfigError, match="statistic"):
+        LatencyPredictor(CFG, statistic="mean")
