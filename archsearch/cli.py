@@ -541,21 +541,19 @@ def _proxy(args: argparse.Namespace) -> int:
     from .references import load_spec
 
     spec = load_spec(args.spec)
+    # Options left out keep the config's defaults (the scaling rule's, the trainer's).
+    given = {k: v for k, v in (("width_mult", args.width_mult), ("max_depth", args.max_depth)) if v}
     if args.kind == "train":
         from .proxy.train import TrainProxyConfig, train_proxy
 
-        cfg = TrainProxyConfig(resolution=args.resolution, data=args.data, seed=args.seed,
-                               **({"steps": args.steps} if args.steps else {}), **({"lr": args.lr} if args.lr else {}),
-                               **({"width_mult": args.width_mult} if args.width_mult else {}),
-                               **({"max_depth": args.max_depth} if args.max_depth else {}))
+        given.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v})
+        cfg = TrainProxyConfig(resolution=args.resolution, data=args.data, seed=args.seed, **given)
         r = train_proxy(spec, cfg)
         result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
                   "train_loss": r.train_loss, "history": r.history, "seconds": r.seconds, "config": r.config,
                   "trained_spec_hash": r.trained_spec_hash}
     elif args.kind in PROXIES:
-        cfg = ProxyConfig(resolution=args.resolution, seed=args.seed,
-                          **({"width_mult": args.width_mult} if args.width_mult else {}),
-                          **({"max_depth": args.max_depth} if args.max_depth else {}))
+        cfg = ProxyConfig(resolution=args.resolution, seed=args.seed, **given)
         s = score_proxy(spec, args.kind, cfg)
         result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
                   "scored_spec_hash": s.scored_spec_hash}

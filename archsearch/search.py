@@ -27,7 +27,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from .errors import ArchsearchError, ConfigError, InvalidSample
+from .errors import ConfigError, InvalidSample
 from .measure import METRICS, MeasureCache
 from .proxy import PROXIES, ProxyConfig, score_proxy
 from .proxy.train import TrainProxyConfig, train_proxy

@@ -1,9 +1,9 @@
 """Latency predictor vs measured latency on specs sampled from the shipped spaces.
 
-The table is filled block by block; the scale factor is fitted on whole models drawn with a different
+The table is filled block by block; scale and exponent are fitted on whole models drawn with a different
 seed from the evaluated ones, so no evaluated spec's end-to-end latency enters the predictor.
 
-    python benchmarks/bench_predictor.py [-n 30] [--fit 6] [--resolution 256] [--threads 1]
+    python benchmarks/bench_predictor.py [-n 30] [--fit 12] [--resolution 256] [--threads 1] [--statistic relative]
 """
 from __future__ import annotations
 

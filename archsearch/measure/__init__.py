@@ -7,7 +7,7 @@ options), and returns plain numbers together with the conditions they were measu
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import ConfigError

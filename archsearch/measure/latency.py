@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -253,33 +253,24 @@ def time_module(module: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Laten
 
 
 def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
+    return _round_robin([prepared], cfg)[0]
+
+
+def _round_robin(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> List[List[float]]:
+    """Warm up, then time each forward in turn (A B A B ... for two), ``repeats`` rounds or the budget."""
     for _ in range(cfg.warmup):
-        prepared.run()
-    prepared.sync()
-    samples: List[float] = []
+        for p in prepared:
+            p.run()
+    for p in prepared:
+        p.sync()
+    samples: List[List[float]] = [[] for _ in prepared]
     deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
     for _ in range(cfg.repeats):
-        samples.append(_timed(prepared))
-        if deadline is not None and len(samples) >= 3 and time.monotonic() > deadline:
+        for p, out in zip(prepared, samples):
+            out.append(_timed(p))
+        if deadline is not None and len(samples[0]) >= 3 and time.monotonic() > deadline:
             break
     return samples
-
-
-def _interleaved(pa: _Prepared, pb: _Prepared, cfg: LatencyConfig) -> tuple[List[float], List[float]]:
-    for _ in range(cfg.warmup):
-        pa.run()
-        pb.run()
-    pa.sync()
-    pb.sync()
-    ta: List[float] = []
-    tb: List[float] = []
-    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
-    for _ in range(cfg.repeats):
-        ta.append(_timed(pa))
-        tb.append(_timed(pb))
-        if deadline is not None and len(ta) >= 3 and time.monotonic() > deadline:
-            break
-    return ta, tb
 
 
 def time_modules_interleaved(
@@ -289,7 +280,7 @@ def time_modules_interleaved(
     with _timing_environment(cfg):
         pa = LATENCY_BACKENDS[cfg.backend](a[0].eval(), a[1], cfg)
         pb = LATENCY_BACKENDS[cfg.backend](b[0].eval(), b[1], cfg)
-        ta, tb = _interleaved(pa, pb, cfg)
+        ta, tb = _round_robin([pa, pb], cfg)
     ratios = [x / y for x, y in zip(ta, tb)]
     return LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
 
@@ -329,14 +320,9 @@ def compare_latency(
     cfg = config or LatencyConfig()
     hw_a = parse_resolution(resolution)
     hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
-    with _timing_environment(cfg):
-        pa = LATENCY_BACKENDS[cfg.backend](_deploy_model(a), _example(a, hw_a, cfg), cfg)
-        pb = LATENCY_BACKENDS[cfg.backend](_deploy_model(b), _example(b, hw_b, cfg), cfg)
-        ta, tb = _interleaved(pa, pb, cfg)
-    ratios = [x / y for x, y in zip(ta, tb)]
-    conditions = _conditions(cfg, hw_a, len(ta))
-    conditions.update(resolution_b=list(hw_b), interleaved=True)
-    return LatencyComparison(
-        LatencyStats.from_samples(ratios), LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), conditions
+    a_stats, b_stats, ratio = time_modules_interleaved(
+        (_deploy_model(a), _example(a, hw_a, cfg)), (_deploy_model(b), _example(b, hw_b, cfg)), cfg
     )
-
+    conditions = _conditions(cfg, hw_a, a_stats.repeats)
+    conditions.update(resolution_b=list(hw_b), interleaved=True)
+    return LatencyComparison(ratio, a_stats, b_stats, conditions)

@@ -5,7 +5,7 @@ the stem, each stage's patch embedding and positional encoding, one block per st
 depth d costs d blocks: its blocks are identical), and the final conv. Each component is timed in
 isolation, built by the same builder functions as the model, in deploy form. Isolated timings miss
 some of what a whole network pays (cache reuse across blocks, allocator behaviour), so calibration
-also measures a few whole models and fits one scale factor: the median of measured / summed.
+also measures a dozen whole models and fits ``measured = scale * sum ** exponent`` in log space.
 
 The ``relative`` statistic makes the table survive a drifting machine: every component (and every
 whole model of the scale fit) is timed interleaved with a fixed *probe* (the whole deploy
@@ -198,10 +198,13 @@ class LatencyPredictor:
     def _has(self, key: str) -> bool:
         return key in self.entries and self._field in self.entries[key]
 
-    def _time_vs_probe(self, pair: Tuple[nn.Module, torch.Tensor], config: LatencyConfig):
+    def _probe_pair(self) -> Tuple[nn.Module, torch.Tensor]:
         if self._probe is None:
             self._probe = probe()
-        a, b, ratio = time_modules_interleaved(pair, self._probe, config)
+        return self._probe
+
+    def _time_vs_probe(self, pair: Tuple[nn.Module, torch.Tensor], config: LatencyConfig):
+        a, b, ratio = time_modules_interleaved(pair, self._probe_pair(), config)
         self.probe_samples_ms.append(b.median_ms)
         self.probe_samples_ms = self.probe_samples_ms[-200:]
         return a, ratio
@@ -216,10 +219,8 @@ class LatencyPredictor:
 
     def rebase(self) -> float:
         """Re-time the probe now, so that ``predict`` is in ms at the machine's current speed."""
-        if self._probe is None:
-            self._probe = probe()
         cfg = dataclasses.replace(self.component_config, repeats=15)
-        self._rebased_ms = time_module(self._probe[0], self._probe[1], cfg).median_ms
+        self._rebased_ms = time_module(*self._probe_pair(), cfg).median_ms
         return self._rebased_ms
 
     def missing(self, spec: ArchSpec, resolution: Resolution) -> List[Component]:

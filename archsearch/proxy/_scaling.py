@@ -10,7 +10,10 @@ from ..spec import ArchSpec
 
 @dataclass(frozen=True)
 class ScalingRule:
-    """Width factor, depth cap and width rounding; logged with every proxy score so it can be rerun."""
+    """Width factor, depth cap and width rounding; logged with every proxy score so it can be rerun.
+
+    The defaults (quarter width, depth cap 2) are the ones validated for the training proxy.
+    """
 
     width_mult: float = 0.25
     max_depth: Optional[int] = 2
@@ -21,8 +24,12 @@ class ScalingRule:
             raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
         if self.max_depth is not None and self.max_depth < 1:
             raise ConfigError("max_depth", f"must be >= 1, got {self.max_depth}")
-        if self.round_to < 1:
-            raise ConfigError("round_to", f"must be >= 1, got {self.round_to}")
+        self._require_positive("round_to")
+
+    def _require_positive(self, *keys: str) -> None:
+        for key in keys:
+            if getattr(self, key) < 1:
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
 
     def scaled(self, spec: ArchSpec) -> ArchSpec:
         """The spec itself when the rule is the identity (factor 1, no cap), else ``spec.scaled``."""

@@ -12,7 +12,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Optional
 
 from ..space import SearchSpace, draw
 from .train import TrainProxyConfig, train_proxy

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..build import build_model
-from ..errors import ConfigError
 from ..spec import ArchSpec
 from ._scaling import ScalingRule
 from .data import DigitCanvas, image_folder
@@ -27,12 +26,10 @@ __all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
 
 @dataclass(frozen=True)
 class TrainProxyConfig(ScalingRule):
-    #: Scaling rule (shared with the zero-cost proxies): the trained network is ``self.scaled(spec)``.
-    #: Defaults validated on the built-in task: a quarter-width, depth-2 FastViT-T8 reaches val top-1
-    #: 0.56-0.76 after 500 steps at lr 3e-3 (73-74 s on 2 cores; chance 0.10). At 1/8 width, depth 1, 300
-    #: steps, lr 2e-3 it stayed at 0.12, and at lr 2e-3 with these widths it reached 0.28.
-    width_mult: float = 0.25
-    max_depth: Optional[int] = 2
+    #: Scaling rule (inherited, shared with the zero-cost proxies): the trained network is
+    #: ``self.scaled(spec)``. Defaults validated on the built-in task: a quarter-width, depth-2 FastViT-T8
+    #: reaches val top-1 0.56-0.76 after 500 steps at lr 3e-3 (73-74 s on 2 cores; chance 0.10). At 1/8
+    #: width, depth 1, 300 steps, lr 2e-3 it stayed at 0.12, and at lr 2e-3 with these widths it reached 0.28.
     resolution: int = 64
     steps: int = 500
     batch_size: int = 32
@@ -55,9 +52,7 @@ class TrainProxyConfig(ScalingRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("resolution", "steps", "batch_size", "val_every", "train_size", "val_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        self._require_positive("resolution", "steps", "batch_size", "val_every", "train_size", "val_size")
 
 
 @dataclass

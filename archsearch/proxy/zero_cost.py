@@ -34,8 +34,6 @@ __all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
 class ProxyConfig(ScalingRule):
     """How a spec is scored: the scaling rule (width, depth, resolution), batch and seed."""
 
-    width_mult: float = 0.25
-    max_depth: Optional[int] = 2
     resolution: int = 64
     batch_size: int = 16
     num_classes: int = 10
@@ -43,9 +41,7 @@ class ProxyConfig(ScalingRule):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("resolution", "batch_size", "num_classes"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
+        self._require_positive("resolution", "batch_size", "num_classes")
 
 
 @dataclass(frozen=True)
