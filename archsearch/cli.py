@@ -197,6 +197,9 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repeats", type=int, default=10)
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model before timing")
+    g.add_argument("--default-heap", action="store_true",
+                   help="time with the allocator's default behaviour (freed memory returned to the kernel, so "
+                        "forwards pay page faults) instead of a retained heap")
 
 
 def _latency_config(args: argparse.Namespace, **extra):
@@ -204,7 +207,7 @@ def _latency_config(args: argparse.Namespace, **extra):
 
     kwargs = dict(
         backend=args.backend, warmup=args.warmup, repeats=args.repeats,
-        channels_last=args.channels_last, compile=args.compile, **extra,
+        channels_last=args.channels_last, compile=args.compile, retain_heap=not args.default_heap, **extra,
     )
     if args.threads is not None:
         kwargs["threads"] = args.threads
@@ -305,7 +308,7 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
     if lat:
         _out.print(
             f"latency: {lat['backend']}, {lat['threads']} threads, median of {lat['repeats']} after {lat['warmup']} warm-up, "
-            f"reparameterized, denormals flushed, batch {lat['batch']}"
+            f"reparameterized, denormals flushed, batch {lat['batch']}, heap {lat.get('heap', 'default')}"
         )
     if "ttft" in metrics and rows:
         t = rows[0]["ttft"]

@@ -15,7 +15,7 @@ from ..spec import ArchSpec, Resolution, parse_resolution
 from .cache import MeasureCache
 from .device import device_fingerprint
 from .flops import COUNTERS, Complexity, count_complexity
-from .latency import LATENCY_BACKENDS, Latency, LatencyConfig, compare_latency, measure_latency
+from .latency import LATENCY_BACKENDS, Latency, LatencyConfig, compare_latency, latency_sampler, measure_latency
 from .ttft import LLM_PRESETS, LLMShape, PrefillModel, TTFT, fit_prefill, get_llm, measure_ttft
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "count_complexity",
     "fit_prefill",
     "get_llm",
+    "latency_sampler",
     "measure_latency",
     "measure_ttft",
     "parse_metrics",

@@ -29,6 +29,7 @@ import torch.nn as nn
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
+from ._heap import heap_mode, retained_heap
 from .device import device_fingerprint, device_info
 
 __all__ = [
@@ -36,8 +37,10 @@ __all__ = [
     "Latency",
     "LatencyComparison",
     "LatencyConfig",
+    "LatencySampler",
     "LatencyStats",
     "compare_latency",
+    "latency_sampler",
     "measure_latency",
     "time_module",
     "time_modules_interleaved",
@@ -56,6 +59,9 @@ class LatencyConfig:
     compile: bool = False
     #: Stop timing once this many seconds are spent (after at least 3 repeats); None: all repeats.
     time_budget_s: Optional[float] = None
+    #: Keep freed heap memory mapped while timing (glibc), so forwards do not pay page faults; see
+    #: :mod:`archsearch.measure._heap`. False times the allocator's default behaviour.
+    retain_heap: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in LATENCY_BACKENDS:
@@ -234,6 +240,7 @@ def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[s
         "channels_last": cfg.channels_last,
         "compile": cfg.compile,
         "flush_denormal": True,
+        "heap": heap_mode(cfg.retain_heap),
         "model_form": "reparameterized",
     }
 
@@ -241,7 +248,7 @@ def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[s
 @contextlib.contextmanager
 def _timing_environment(cfg: LatencyConfig) -> Iterator[None]:
     torch.set_flush_denormal(True)
-    with _torch_threads(cfg.threads):
+    with _torch_threads(cfg.threads), retained_heap(cfg.retain_heap):
         yield
 
 
@@ -293,6 +300,33 @@ def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[Lat
         samples = _sample(prepared, cfg)
     stats = LatencyStats.from_samples(samples)
     return Latency(stats.median_ms, stats, _conditions(cfg, hw, stats.repeats))
+
+
+@dataclass(frozen=True)
+class LatencySampler:
+    """``sample(n)``: n more timed forwards of a model built and warmed up once."""
+
+    sample: Callable[[int], List[float]]
+    #: As in :class:`Latency`, less ``repeats``, which is the caller's to count.
+    conditions: Dict[str, object]
+
+
+@contextlib.contextmanager
+def latency_sampler(
+    spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None
+) -> Iterator[LatencySampler]:
+    """Time a spec's deploy model on demand, under :func:`measure_latency`'s conditions, for callers
+    that spread repeats over time or over processes (the repeatability benchmark's sliced schedule)."""
+    cfg = config or LatencyConfig()
+    hw = parse_resolution(resolution)
+    with _timing_environment(cfg):
+        prepared = LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
+        for _ in range(cfg.warmup):
+            prepared.run()
+        prepared.sync()
+        conditions = _conditions(cfg, hw, 0)
+        conditions.pop("repeats")
+        yield LatencySampler(lambda n: [_timed(prepared) for _ in range(n)], conditions)
 
 
 @dataclass(frozen=True)

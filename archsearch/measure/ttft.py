@@ -22,6 +22,7 @@ import torch
 from .._config import from_data, read_yaml
 from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
+from ._heap import heap_mode
 from .cache import MeasureCache
 from .device import device_fingerprint, device_info
 from .latency import Latency, LatencyConfig, LatencyStats, _timing_environment, measure_latency
@@ -165,6 +166,7 @@ def _prefill_conditions(shape: LLMShape, cfg: LatencyConfig) -> dict:
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
         "dtype": "float32",
+        "heap": heap_mode(cfg.retain_heap),
     }
 
 
@@ -213,7 +215,7 @@ def fit_prefill(
     cache = cache if cache is not None else MeasureCache()
     key = MeasureCache.key(
         metric="prefill_fit", llm=shape.shape_hash, device=device_fingerprint("cpu"), threads=cfg.threads,
-        warmup=cfg.warmup, repeats=cfg.repeats, tokens=sorted(token_counts),
+        warmup=cfg.warmup, repeats=cfg.repeats, tokens=sorted(token_counts), heap=heap_mode(cfg.retain_heap),
     )
     hit = cache.get(key)
     if hit is not None:

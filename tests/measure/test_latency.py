@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from archsearch.errors import ConfigError
-from archsearch.measure.latency import LatencyConfig, LatencyStats, compare_latency, measure_latency
+from archsearch.measure.latency import LatencyConfig, LatencyStats, compare_latency, latency_sampler, measure_latency
 from archsearch.references import get_reference
 
 TINY = get_reference("fastvit_sa12").spec.scaled(width_mult=0.125, max_depth=1)
@@ -34,6 +34,16 @@ def test_measure_latency_carries_conditions(backend):
 def test_channels_last_and_budget():
     lat = measure_latency(TINY, 64, LatencyConfig(threads=1, warmup=0, repeats=1000, channels_last=True, time_budget_s=0.05))
     assert 3 <= lat.stats.repeats < 1000 and lat.conditions["channels_last"] is True
+
+
+def test_sampler_times_on_demand_under_measure_conditions():
+    with latency_sampler(TINY, 64, FAST) as sampler:
+        first, second = sampler.sample(2), sampler.sample(3)
+        assert torch.get_num_threads() == 1, "the timing environment holds while the sampler is open"
+    assert len(first) == 2 and len(second) == 3 and all(t > 0 for t in first + second)
+    assert "repeats" not in sampler.conditions
+    expected = {k: v for k, v in measure_latency(TINY, 64, FAST).conditions.items() if k != "repeats"}
+    assert sampler.conditions == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without a GPU")
