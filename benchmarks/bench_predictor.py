@@ -3,7 +3,7 @@
 The table is filled block by block; scale and exponent are fitted on whole models drawn with a different
 seed from the evaluated ones, so no evaluated spec's end-to-end latency enters the predictor.
 
-    python benchmarks/bench_predictor.py [-n 30] [--fit 12] [--resolution 256] [--threads 1] [--statistic relative]
+    python benchmarks/bench_predictor.py [-n 30] [--fit 12] [--resolution 256] [--threads 1] [--statistic relative] [--default-heap]
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import stamp, write  # noqa: E402
 
+from archsearch.measure._heap import heap_mode  # noqa: E402
 from archsearch.measure.latency import LatencyConfig, measure_latency  # noqa: E402
 from archsearch.measure.predictor import STATISTICS, LatencyPredictor  # noqa: E402
 from archsearch.space import draw, load_space  # noqa: E402
@@ -35,10 +36,12 @@ def main() -> None:
                     help="summed per-component statistic, compared with the same statistic measured end to end; "
                          "relative: ratios to a probe timed interleaved, and each evaluated model is timed "
                          "interleaved with the probe too (the prediction is put on the probe's speed of that run)")
+    ap.add_argument("--default-heap", action="store_true",
+                    help="time with glibc's default heap (forwards pay page faults), as before the heap was kept")
     args = ap.parse_args()
     spaces = sorted((ROOT / "search_spaces").glob("*.yaml"))
     overrides = [f"resolution=[{args.resolution}]"]
-    cfg = LatencyConfig(warmup=3, repeats=args.repeats, threads=args.threads)
+    cfg = LatencyConfig(warmup=3, repeats=args.repeats, threads=args.threads, retain_heap=not args.default_heap)
     predictor = LatencyPredictor(cfg, statistic=args.statistic)
     per_space = -(-args.n // len(spaces))
     fit_per_space = -(-args.fit // len(spaces))
@@ -85,14 +88,16 @@ def main() -> None:
         f"Within +-10%: **{within10:.0%}**, within +-15%: **{within15:.0%}**, median |error| {statistics.median(errs):.1%}, "
         f"max |error| {max(errs):.1%}. Fit measured = {predictor.scale:.3g} x sum^{predictor.exponent:.3f} on {args.fit} other specs; "
         f"table of {len(predictor.entries)} block entries; {time.perf_counter() - start:.0f} s in all. "
-        f"{how}Conditions: torch-cpu, {cfg.threads} threads, median of {cfg.repeats} after {cfg.warmup} warm-up.\n",
+        f"{how}Conditions: torch-cpu, {cfg.threads} threads, median of {cfg.repeats} after {cfg.warmup} warm-up, "
+        f"heap {heap_mode(cfg.retain_heap)}.\n",
         f"| arch | res | predicted ms | measured {args.statistic} ms (IQR) | error |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         md.append(f"| {r['arch']} | {r['resolution']} | {r['predicted_ms']:.1f} | {r['measured_ms']:.1f} "
                   f"({r['measured_iqr_ms']:.1f}) | {r['rel_error']:+.1%} |")
-    write(f"predictor_{args.resolution}_{args.statistic}_t{args.threads}", {"stamp": stamp(), "rows": rows, "within_10": within10, "within_15": within15, "absolute_within_15": abs15,
+    heap = "_default_heap" if args.default_heap else ""
+    write(f"predictor_{args.resolution}_{args.statistic}_t{args.threads}{heap}", {"stamp": stamp(), "rows": rows, "within_10": within10, "within_15": within15, "absolute_within_15": abs15,
                                            "scale": predictor.scale, "fit": predictor.fit}, "\n".join(md) + "\n")
 
 
