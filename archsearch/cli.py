@@ -308,7 +308,7 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
     if lat:
         _out.print(
             f"latency: {lat['backend']}, {lat['threads']} threads, median of {lat['repeats']} after {lat['warmup']} warm-up, "
-            f"reparameterized, denormals flushed, batch {lat['batch']}, heap {lat.get('heap', 'default')}"
+            f"reparameterized, denormals flushed, batch {lat['batch']}, heap {lat['heap']}"
         )
     if "ttft" in metrics and rows:
         t = rows[0]["ttft"]

@@ -26,19 +26,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import stamp, write  # noqa: E402
 
+from archsearch.errors import ArchsearchError  # noqa: E402
+from archsearch.measure.latency import LatencyStats  # noqa: E402
+from archsearch.references import get_reference  # noqa: E402
+from archsearch.spec import parse_resolution  # noqa: E402
+
+#: The conditions each result file carries (the same in every process of a run).
+CONDITIONS = ("backend", "threads", "warmup", "batch", "flush_denormal", "heap")
+
 
 def _spread(xs: List[float]) -> float:
     return max(xs) / min(xs)
 
 
-def _p10(xs: List[float]) -> float:
-    return statistics.quantiles(xs, n=10, method="inclusive")[0]
-
-
 def _worker(args: argparse.Namespace) -> None:
     """Build, warm up, print the conditions; then time N forwards per line 'N' read on stdin."""
     from archsearch.measure.latency import LatencyConfig, latency_sampler
-    from archsearch.references import get_reference
 
     cfg = LatencyConfig(threads=args.threads, warmup=args.warmup, retain_heap=not args.default_heap)
     with latency_sampler(get_reference(args.spec).spec, args.resolution, cfg) as sampler:
@@ -71,12 +74,13 @@ def _sliced(args: argparse.Namespace) -> dict:
                 w.stdin.write("0\n")
                 w.stdin.flush()
                 w.wait()
+    stats = [LatencyStats.from_samples(s) for s in samples]
     return {
-        "medians_ms": [statistics.median(s) for s in samples],
-        "iqrs_ms": [statistics.quantiles(s, n=4)[2] - statistics.quantiles(s, n=4)[0] for s in samples],
-        "p10s_ms": [_p10(s) for s in samples],
-        "repeats": [len(s) for s in samples],
-        "conditions": {k: conditions[0][k] for k in ("backend", "threads", "warmup", "batch", "flush_denormal", "heap")},
+        "medians_ms": [s.median_ms for s in stats],
+        "iqrs_ms": [s.iqr_ms for s in stats],
+        "p10s_ms": [s.p10_ms for s in stats],
+        "repeats": [s.repeats for s in stats],
+        "conditions": {k: conditions[0][k] for k in CONDITIONS},
     }
 
 
@@ -101,7 +105,7 @@ def _sequential(args: argparse.Namespace) -> dict:
         "p10s_ms": [r["latency"]["p10_ms"] for r in rows],
         "ratios": [r["latency_ratio_vs"]["median"] for r in rows],
         "repeats": [r["latency"]["repeats"] for r in rows],
-        "conditions": {k: lat0[k] for k in ("backend", "threads", "warmup", "batch", "flush_denormal", "heap")},
+        "conditions": {k: lat0[k] for k in CONDITIONS},
     }
 
 
@@ -126,6 +130,11 @@ def main() -> None:
                     help="time with glibc's default heap (forwards pay page faults) instead of a retained one")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    try:  # refuse a bad name before starting 5 processes that would each fail on it
+        get_reference(args.spec)
+        parse_resolution(args.resolution)
+    except ArchsearchError as e:
+        ap.error(str(e))
     if args.worker:
         return _worker(args)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import platform
 from typing import Iterator, Optional
 
@@ -27,6 +28,7 @@ _RETAIN = {_M_TRIM_THRESHOLD: 1 << 30, _M_MMAP_MAX: 0}
 _depth = 0
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc() -> Optional[ctypes.CDLL]:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None

@@ -263,13 +263,17 @@ def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
     return _round_robin([prepared], cfg)[0]
 
 
-def _round_robin(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> List[List[float]]:
-    """Warm up, then time each forward in turn (A B A B ... for two), ``repeats`` rounds or the budget."""
+def _warm_up(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> None:
     for _ in range(cfg.warmup):
         for p in prepared:
             p.run()
     for p in prepared:
         p.sync()
+
+
+def _round_robin(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> List[List[float]]:
+    """Warm up, then time each forward in turn (A B A B ... for two), ``repeats`` rounds or the budget."""
+    _warm_up(prepared, cfg)
     samples: List[List[float]] = [[] for _ in prepared]
     deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
     for _ in range(cfg.repeats):
@@ -292,12 +296,15 @@ def time_modules_interleaved(
     return LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
 
 
+def _prepare_spec(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> _Prepared:
+    return LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
+
+
 def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
     cfg = config or LatencyConfig()
     hw = parse_resolution(resolution)
     with _timing_environment(cfg):
-        prepared = LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
-        samples = _sample(prepared, cfg)
+        samples = _sample(_prepare_spec(spec, hw, cfg), cfg)
     stats = LatencyStats.from_samples(samples)
     return Latency(stats.median_ms, stats, _conditions(cfg, hw, stats.repeats))
 
@@ -320,10 +327,8 @@ def latency_sampler(
     cfg = config or LatencyConfig()
     hw = parse_resolution(resolution)
     with _timing_environment(cfg):
-        prepared = LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
-        for _ in range(cfg.warmup):
-            prepared.run()
-        prepared.sync()
+        prepared = _prepare_spec(spec, hw, cfg)
+        _warm_up([prepared], cfg)
         conditions = _conditions(cfg, hw, 0)
         conditions.pop("repeats")
         yield LatencySampler(lambda n: [_timed(prepared) for _ in range(n)], conditions)
