@@ -4,7 +4,6 @@ The public API; everything else is reachable through its module but may change.
 """
 from .errors import ArchsearchError, ConfigError, InvalidSample
 from .references import REFERENCES, get_reference, load_spec
-from .space import Candidate, SearchSpace, draw, load_space
 from .spec import ArchSpec, StageSpec, parse_resolution
 
 __version__ = "0.1.0"
@@ -28,11 +27,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # The builder imports torch and timm (seconds); load it only when asked for, so that
-    # `archsearch --help` and spec/space validation stay instant.
-    if name in ("build_model", "reparameterize"):
-        from . import build
+#: Names loaded on first use: the builder imports torch and timm (seconds) and the space Optuna and
+#: OmegaConf, so that ``import archsearch`` stays instant and imports nothing it does not need.
+_LAZY = {"build_model": "build", "reparameterize": "build", "Candidate": "space", "SearchSpace": "space",
+         "draw": "space", "load_space": "space"}
 
-        return getattr(build, name)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'archsearch' has no attribute {name!r}")

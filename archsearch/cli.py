@@ -573,42 +573,90 @@ def _proxy(args: argparse.Namespace) -> int:
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("space", metavar="SPACE.yaml")
-    p.add_argument("-n", type=int, default=12, help="specs sampled (default 12)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=150, help="short-training budget; the reference trains --factor x longer")
-    p.add_argument("--factor", type=int, default=4)
+    p.add_argument("--out", required=True, help="directory for specs.json, runs.jsonl, fidelity.json, report.md")
+    p.add_argument("-n", type=int, default=30, help="specs that choose the signal (default 30)")
+    p.add_argument("--holdout", type=int, default=10, help="further specs that confirm the choice (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw of specs")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | fashion-mnist-canvas | digits | ImageFolder root")
+    p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
+    p.add_argument("--resolution", "-r", type=int, default=128)
+    p.add_argument("--max-depth", type=int, default=4, help="depth cap of the trained copy (0: none)")
+    p.add_argument("--width-mult", type=float, default=0.25)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--width-mult", type=float, default=0.125)
-    p.add_argument("--max-depth", type=int, default=None, help="depth cap (default: keep every stage's depth)")
-    p.add_argument("--resolution", "-r", type=int, default=64)
-    p.add_argument("--out", required=True, help="directory for report.md and fidelity.json")
-    _accept_overrides(p, "the space")
+    p.add_argument("--train-size", type=int, default=10000)
+    p.add_argument("--val-size", type=int, default=2000)
+    p.add_argument("--long-steps", type=int, default=800, help="the reference's training budget")
+    p.add_argument("--short-steps", default="50,100,200,400", help="budgets of the short-training signals")
+    p.add_argument("--scalings", default="64x2,64x4,128x4", help="RESxCAP of the scaling subset (cap 0: none)")
+    p.add_argument("--n-scaling", type=int, default=8, help="specs in the scaling subset")
+    p.add_argument("--kinds", default="train,zero_cost,cpu_cost", help="which units to run here (default all)")
+    p.add_argument("--accelerator", default="cpu", help="cpu | cuda: where the training units run")
+    p.add_argument("--workers", type=int, default=1, help="processes running units at once")
+    p.add_argument("--deadline-s", type=float, default=None, help="stop starting units after this many seconds")
+    p.add_argument("--analyse-only", action="store_true", help="only turn runs.jsonl into the report")
 
 
-@_command("proxy-fidelity", "rank agreement of every proxy with longer training, on specs of a space", _fidelity_args)
+def _int_list(text: str, key: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(key, f"expected comma-separated integers, got {text!r}") from None
+
+
+def _scalings(text: str) -> tuple:
+    out = []
+    for item in text.split(","):
+        try:
+            res, cap = item.lower().split("x")
+            out.append((int(res), int(cap) or None))
+        except ValueError:
+            raise ConfigError("--scalings", f"expected RESxCAP items such as 128x4, got {item!r}") from None
+    return tuple(out)
+
+
+@_command("proxy-fidelity", "fidelity study: how well each accuracy signal ranks specs like long training", _fidelity_args)
 def _proxy_fidelity(args: argparse.Namespace) -> int:
-    from .proxy.fidelity import proxy_fidelity, write_fidelity_report
+    from .proxy import fidelity
     from .proxy.train import TrainProxyConfig
-    from .space import load_space
 
-    space = load_space(args.space, args.overrides)
-    cfg = TrainProxyConfig(width_mult=args.width_mult, max_depth=args.max_depth, resolution=args.resolution,
-                           steps=args.steps, val_every=args.steps, lr=args.lr, seed=args.seed)
-    with _progress() as progress:
-        task = progress.add_task("proxy fidelity", total=args.n)
-        result = proxy_fidelity(space, args.n, seed=args.seed, train=cfg, factor=args.factor,
-                                progress=lambda msg: progress.update(task, advance=1, description=msg))
-    command = " ".join(["archsearch proxy-fidelity", args.space, "-n", str(args.n), "--seed", str(args.seed), "--steps",
-                        str(args.steps), "--factor", str(args.factor), "--lr", str(args.lr), "--width-mult", str(args.width_mult),
-                        *(["--max-depth", str(args.max_depth)] if args.max_depth else []), "-r", str(args.resolution),
-                        "--out", args.out, *args.overrides])
-    path = write_fidelity_report(result, Path(args.out), command)
-    table = Table(title=f"proxy fidelity ({args.n} specs) -> {path}")
-    for col in ("proxy", "Kendall tau", "Spearman rho", "median cost (s)"):
-        table.add_column(col, no_wrap=True)
-    for name, v in result["summary"].items():
-        table.add_row(name, f"{v['kendall_tau']:.3f}", f"{v['spearman_rho']:.3f}", f"{v['median_cost_s']:.2f}")
-    _out.print(table)
+    cap = args.max_depth or None
+    plan = fidelity.FidelityPlan(
+        space=args.space, n=args.n, n_holdout=args.holdout, draw_seed=args.seed,
+        train=TrainProxyConfig(data=args.data, resolution=args.resolution, max_depth=cap,
+                               width_mult=args.width_mult, batch_size=args.batch_size, lr=args.lr,
+                               train_size=args.train_size, val_size=args.val_size),
+        long_steps=args.long_steps, short_steps=_int_list(args.short_steps, "--short-steps"),
+        scalings=tuple(dict.fromkeys(_scalings(args.scalings) + ((args.resolution, cap),))), n_scaling=args.n_scaling,
+    )
+    out = Path(args.out)
+    command = " ".join(["archsearch proxy-fidelity", args.space, "--out", args.out, "-n", str(args.n), "--holdout",
+                        str(args.holdout), "--seed", str(args.seed), "--data", args.data, "-r", str(args.resolution),
+                        "--max-depth", str(args.max_depth), "--width-mult", str(args.width_mult), "--batch-size",
+                        str(args.batch_size), "--lr", str(args.lr), "--train-size", str(args.train_size), "--val-size",
+                        str(args.val_size), "--long-steps", str(args.long_steps), "--short-steps", args.short_steps,
+                        "--scalings", args.scalings, "--n-scaling", str(args.n_scaling)])
+    if not args.analyse_only:
+        specs = fidelity.write_specs(plan, out)
+        units = fidelity.plan_units(plan, specs, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()])
+        todo = len(units) - len(fidelity.done_ids(out) & {u["id"] for u in units})
+        with _progress() as progress:
+            task = progress.add_task("fidelity units", total=todo)
+
+            def show(rec: dict) -> None:
+                if "error" in rec:
+                    _err.print(f"warning: unit {rec['id']} failed: {rec['error']}", markup=False, highlight=False)
+                progress.update(task, advance=1, description=rec["id"][:60])
+
+            fidelity.run_units(out, units, accelerator=args.accelerator, workers=args.workers, data_root=args.data_root,
+                               deadline_s=args.deadline_s, progress=show)
+    if not (out / fidelity.RUNS_FILE).exists():
+        raise ConfigError("--out", f"{out / fidelity.RUNS_FILE}: no finished units to analyse")
+    result = fidelity.analyse(out, command=command)
+    path = fidelity.write_report(result, out)
+    ch = result["chosen"]
+    _out.print(f"{result['n_specs']} specs, noise ceiling tau {result['noise_ceiling_tau']}; chosen {ch['name']} "
+               f"(tau {ch['tau']}, hold-out {ch['tau_holdout']} on {ch['n_holdout']}) -> {path}")
     return 0
 
 

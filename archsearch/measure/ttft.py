@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -25,7 +24,7 @@ from ..spec import ArchSpec, Resolution, parse_resolution
 from ._heap import heap_mode
 from .cache import MeasureCache
 from .device import device_fingerprint, device_info
-from .latency import Latency, LatencyConfig, LatencyStats, _timing_environment, measure_latency
+from .latency import Latency, LatencyConfig, LatencyStats, measure_latency, time_module
 
 __all__ = ["LLMShape", "LLM_PRESETS", "PrefillModel", "TTFT", "fit_prefill", "get_llm", "measure_prefill", "measure_ttft"]
 
@@ -131,37 +130,45 @@ def _build_llm(shape: LLMShape) -> torch.nn.Module:
     return Qwen2ForCausalLM(config).eval()
 
 
+class _LastLogits(torch.nn.Module):
+    """A decoder's prefill as a module of the token ids: logits of the last position only, no KV cache."""
+
+    def __init__(self, llm: torch.nn.Module) -> None:
+        super().__init__()
+        self.llm = llm
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm(input_ids=ids, logits_to_keep=1, use_cache=False).logits
+
+
+def _prefill_config(cfg: LatencyConfig) -> LatencyConfig:
+    """The encoder's timing settings as they apply to a decoder: its device (cuda or the CPU) and threads."""
+    return dataclasses.replace(cfg, backend="cuda" if cfg.backend == "cuda" else "torch-cpu", channels_last=False,
+                               compile=False, batch=1)
+
+
+def _prefill_device(cfg: LatencyConfig) -> str:
+    return "cuda" if cfg.backend == "cuda" else "cpu"
+
+
 class _Prefill:
-    """One built decoder, timed at any number of tokens."""
+    """One built decoder, timed at any number of tokens with the encoder's timing loop."""
 
     def __init__(self, shape: LLMShape) -> None:
         self.shape = shape
-        self.model = _build_llm(shape)
+        self.model = _LastLogits(_build_llm(shape))
 
     def time(self, tokens: int, cfg: LatencyConfig) -> LatencyStats:
         ids = torch.randint(0, self.shape.vocab, (1, tokens), generator=torch.Generator().manual_seed(tokens))
-
-        def run() -> None:
-            with torch.inference_mode():
-                self.model(input_ids=ids, logits_to_keep=1, use_cache=False)
-
-        samples: List[float] = []
-        with _timing_environment(cfg):
-            for _ in range(cfg.warmup):
-                run()
-            for _ in range(cfg.repeats):
-                start = time.perf_counter_ns()
-                run()
-                samples.append((time.perf_counter_ns() - start) / 1e6)
-        return LatencyStats.from_samples(samples)
+        return time_module(self.model, ids, _prefill_config(cfg))
 
 
 def _prefill_conditions(shape: LLMShape, cfg: LatencyConfig) -> dict:
     return {
         "llm": asdict(shape),
         "implementation": "transformers Qwen2ForCausalLM, random weights, logits_to_keep=1, use_cache=False",
-        "device": device_info("cpu"),
-        "device_fingerprint": device_fingerprint("cpu"),
+        "device": device_info(_prefill_device(cfg)),
+        "device_fingerprint": device_fingerprint(_prefill_device(cfg)),
         "threads": cfg.threads,
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
@@ -214,7 +221,7 @@ def fit_prefill(
     cfg = config or LatencyConfig(warmup=1, repeats=3)
     cache = cache if cache is not None else MeasureCache()
     key = MeasureCache.key(
-        metric="prefill_fit", llm=shape.shape_hash, device=device_fingerprint("cpu"), threads=cfg.threads,
+        metric="prefill_fit", llm=shape.shape_hash, device=device_fingerprint(_prefill_device(cfg)), threads=cfg.threads,
         warmup=cfg.warmup, repeats=cfg.repeats, tokens=sorted(token_counts), heap=heap_mode(cfg.retain_heap),
     )
     hit = cache.get(key)

@@ -36,3 +36,20 @@ class ScalingRule:
         if self.width_mult == 1.0 and self.max_depth is None:
             return spec
         return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
+
+
+@dataclass(frozen=True)
+class DataRule:
+    """Which images a proxy sees; shared by the zero-cost proxies (one batch) and the training proxy.
+
+    ``fashion-mnist`` (real photos, upscaled), ``fashion-mnist-canvas`` (small on a cluttered canvas),
+    ``digits`` (the built-in digit canvas), an ImageFolder path (training only), or ``noise`` (a Gaussian
+    batch; zero-cost proxies only).
+    """
+
+    data: str = "digits"
+    #: Directory holding Fashion-MNIST's IDX files (default: where Debian's package puts them).
+    data_root: Optional[str] = None
+    #: Digit size of the digit canvas, and bright bars on either canvas.
+    digit_px: int = 32
+    clutter: int = 2

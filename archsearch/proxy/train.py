@@ -17,15 +17,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..build import build_model
+from ..errors import ConfigError
 from ..spec import ArchSpec
-from ._scaling import ScalingRule
-from .data import DigitCanvas, image_folder
+from ._scaling import DataRule, ScalingRule
+from .data import DATA_SETS, load_data
 
 __all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
 
 
 @dataclass(frozen=True)
-class TrainProxyConfig(ScalingRule):
+class TrainProxyConfig(ScalingRule, DataRule):
     #: Scaling rule (inherited, shared with the zero-cost proxies): the trained network is
     #: ``self.scaled(spec)``. Defaults validated on the built-in task: a quarter-width, depth-2 FastViT-T8
     #: reaches val top-1 0.56-0.76 after 500 steps at lr 3e-3 (73-74 s on 2 cores; chance 0.10). At 1/8
@@ -38,13 +39,6 @@ class TrainProxyConfig(ScalingRule):
     val_every: int = 100
     train_size: int = 4096
     val_size: int = 512
-    #: ``digits`` (the built-in canvas task) or a path to an ImageFolder tree (with ``train``/``val`` inside).
-    data: str = "digits"
-    #: Digit size and distractor count of the built-in task. 32 px digits with 2 distractors on a 64 px
-    #: canvas are learnable in a few hundred steps (val top-1 0.76 after 500 steps, 74 s, for a
-    #: quarter-width FastViT-T8 here); 16 px digits with 6 distractors stayed at chance for 600 steps.
-    digit_px: int = 32
-    clutter: int = 2
     seed: int = 0
     accelerator: str = "cpu"
     devices: int = 1
@@ -53,6 +47,8 @@ class TrainProxyConfig(ScalingRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._require_positive("resolution", "steps", "batch_size", "val_every", "train_size", "val_size")
+        if self.data == "noise" or not self.data.strip():
+            raise ConfigError("data", f"{self.data!r}: training needs one of {', '.join(DATA_SETS)} or an ImageFolder path")
 
 
 @dataclass
@@ -61,6 +57,8 @@ class TrainResult:
     val_loss: float
     train_loss: float
     first_train_loss: float
+    #: Sum of the training losses of every step: the training-speed estimator (Ru et al., 2021).
+    loss_sum: float = float("nan")
     history: List[Dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     config: Dict[str, object] = field(default_factory=dict)
@@ -68,14 +66,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _datasets(cfg: TrainProxyConfig):
-    if cfg.data == "digits":
-        common = dict(canvas=cfg.resolution, digit_px=min(cfg.digit_px, cfg.resolution), clutter=cfg.clutter, seed=cfg.seed)
-        return (DigitCanvas(cfg.train_size, split="train", **common), DigitCanvas(cfg.val_size, split="val", **common), 10)
-    train, val = image_folder(f"{cfg.data}/train", cfg.resolution), image_folder(f"{cfg.data}/val", cfg.resolution)
-    return train, val, len(train.classes)
 
 
 def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None) -> TrainResult:
@@ -87,7 +77,7 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
 
     cfg = config or TrainProxyConfig()
     scaled = cfg.scaled(spec)
-    train_set, val_set, num_classes = _datasets(cfg)
+    train_set, val_set, num_classes = load_data(cfg, cfg.train_size, cfg.val_size)
     history: List[Dict[str, float]] = []
 
     class ProxyModule(L.LightningModule):
@@ -97,12 +87,14 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             self.model = build_model(scaled, num_classes=num_classes)
             self.last_train_loss = float("nan")
             self.first_train_loss = float("nan")
+            self.loss_sum = 0.0
             self._val: List[tuple] = []
 
         def training_step(self, batch, _):
             x, y = batch
             loss = F.cross_entropy(self.model(x), y)
             self.last_train_loss = float(loss.detach())
+            self.loss_sum += self.last_train_loss
             if self.global_step == 0:
                 self.first_train_loss = self.last_train_loss
             self.log("train_loss", loss, prog_bar=True)
@@ -148,5 +140,5 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
     if not history or history[-1]["step"] != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False)
     final = history[-1]
-    return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss, history,
-                       time.perf_counter() - start, asdict(cfg), scaled.spec_hash)
+    return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss,
+                       module.loss_sum, history, time.perf_counter() - start, asdict(cfg), scaled.spec_hash)

@@ -25,15 +25,16 @@ import torch.nn.functional as F
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec
-from ._scaling import ScalingRule
+from ._scaling import DataRule, ScalingRule
 
 __all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
 
 
 @dataclass(frozen=True)
-class ProxyConfig(ScalingRule):
-    """How a spec is scored: the scaling rule (width, depth, resolution), batch and seed."""
+class ProxyConfig(ScalingRule, DataRule):
+    """How a spec is scored: the scaling rule (width, depth, resolution), its batch (data), and seed."""
 
+    data: str = "noise"
     resolution: int = 64
     batch_size: int = 16
     num_classes: int = 10
@@ -57,8 +58,15 @@ class ProxyScore:
 
 
 def proxy_batch(cfg: ProxyConfig, in_chans: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded batch of Gaussian images and labels (the default data of the zero-cost proxies)."""
+    """A seeded batch: Gaussian images and random labels (``data: noise``), or real images and labels."""
     g = torch.Generator().manual_seed(cfg.seed)
+    if cfg.data != "noise":
+        from .data import load_data
+
+        train, _, _ = load_data(cfg, max(cfg.batch_size, 512), 1)
+        idx = torch.randperm(len(train), generator=g)[: cfg.batch_size].tolist()
+        x, y = zip(*(train[i] for i in idx))
+        return torch.stack(x)[:, :in_chans].contiguous(), torch.tensor(y)
     x = torch.randn(cfg.batch_size, in_chans, cfg.resolution, cfg.resolution, generator=g)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g)
     return x, y
