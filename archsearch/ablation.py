@@ -8,6 +8,7 @@ conditions, plus one MLflow run per row under one parent run.
 from __future__ import annotations
 
 import csv
+import logging
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,12 +19,13 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml
 from .errors import ConfigError
-from .measure import parse_metrics
+from .metrics import OBJECTIVES, Measurer, parse_metrics
+from .options import MeasureOptions
 from .references import load_spec
 from .space import apply_overrides
 from .spec import ArchSpec
 from .tracking import Tracker
-from .trials import MeasureConfig, TrackingConfig
+from .trials import TrackingConfig
 
 __all__ = ["AblationConfig", "VariantConfig", "build_variants", "load_ablation", "run_ablation"]
 
@@ -52,7 +54,7 @@ class AblationConfig:
     variants: List[VariantConfig] = MISSING
     resolutions: List[int] = MISSING
     metrics: List[str] = field(default_factory=lambda: ["tokens", "macs", "latency"])
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     #: Overrides applied by ``--quick`` (a smoke test that keeps the same variants).
     quick: List[str] = field(default_factory=list)
@@ -130,9 +132,14 @@ def build_variants(cfg: AblationConfig) -> List[ArchSpec]:
 
 def _flat_row(variant: str, row: dict) -> dict:
     out = {"variant": variant, "arch": row["arch"], "spec_hash": row["spec_hash"], "resolution": row["resolution"]}
-    for key in ("params", "macs", "tokens", "stride", "latency_ms", "predicted_latency_ms", "ttft_ms"):
+    for key in (*OBJECTIVES, "stride"):
         if key in row:
             out[key] = row[key]
+    if "train" in row:
+        t = row["train"]
+        out.update(train_data=t["data"], train_steps=t["steps"], train_resolution=t["resolution"],
+                   train_width_mult=t["width_mult"], train_max_depth=t["max_depth"], train_seed=t["seed"],
+                   train_seconds=t["seconds"])
     if "latency" in row:
         lat = row["latency"]
         out.update(latency_iqr_ms=lat["iqr_ms"], latency_p10_ms=lat["p10_ms"], latency_repeats=lat["repeats"],
@@ -150,12 +157,13 @@ def run_ablation(
     *,
     command: str = "",
     on_row: Optional[Callable[[str, int], None]] = None,
-    warn: Callable[[str], None] = print,
+    warn: Optional[Callable[[str], None]] = None,
 ) -> List[dict]:
     """Measure every (variant, resolution); write ``results.csv``, ``results.json`` and ``ablation.json``."""
+    warn = warn or logging.getLogger("archsearch").warning
     specs = build_variants(cfg)
     metrics = parse_metrics(cfg.metrics)
-    measurer = cfg.measure.measurer()
+    measurer = Measurer(cfg.measure)
     if "ttft" in metrics:
         measurer.llm  # a bad LLM name fails before any measurement
     out = Path(out)

@@ -257,5 +257,45 @@ def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return model
 
 
+def deploy_model(spec: ArchSpec, *, seed: int = 0) -> nn.Module:
+    """The reparameterized (deploy-form) model with seeded random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return build_model(spec, inference_mode=True).eval()
+
+
+def example_input(channels: int, hw: tuple[int, int], *, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """A seeded Gaussian input of shape (batch, channels, H, W): what every timed or counted forward sees."""
+    return torch.randn(batch, channels, *hw, generator=torch.Generator().manual_seed(seed))
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def describe(spec: ArchSpec, resolution: tuple[int, int], *, verify: bool = False) -> dict:
+    """Params of both forms (meta-device builds: no memory, no init) and the predicted output grid.
+
+    ``verify`` also runs a meta-device forward (shapes only, ~1 s for FastViTHD) and checks that the
+    built model's grid is the spec's prediction; the test suite checks this on hundreds of specs.
+    """
+    model = build_model(spec, device="meta")
+    grid = list(spec.grid(resolution))
+    if verify:
+        with torch.no_grad():
+            out = model(torch.empty(1, spec.in_chans, *resolution, device="meta"))
+        built = [int(out.shape[-2]), int(out.shape[-1])]
+        if built != grid or int(out.shape[1]) != spec.out_channels:  # a bug, not bad input: keep the traceback
+            raise AssertionError(f"built output {tuple(out.shape)} != predicted grid {grid} for {spec.code}")
+    deploy = build_model(spec, device="meta", inference_mode=True)
+    return {
+        "name": spec.name or None,
+        "spec_hash": spec.spec_hash,
+        "arch": spec.code,
+        "resolution": list(resolution),
+        "params": count_params(model),
+        "params_deploy": count_params(deploy),
+        "channels": spec.out_channels,
+        "grid": grid,
+        "tokens": grid[0] * grid[1],
+        "stride": spec.output_stride,
+    }

@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -12,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ArchsearchError, ConfigError
-from .spec import ArchSpec, parse_resolution
+from .spec import parse_resolution
 
 __all__ = ["main"]
 
@@ -32,37 +34,8 @@ def _command(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
     return register
 
 
-def _describe_build(spec: ArchSpec, resolution: tuple[int, int], verify: bool = False) -> dict:
-    """Params of both forms (meta-device builds: no memory, no init) and the predicted output grid.
-
-    ``verify`` also runs a meta-device forward (shapes only, ~1 s for FastViTHD) and checks that the
-    built model's grid is the spec's prediction; the test suite checks this on hundreds of specs.
-    """
-    import torch
-
-    from .build import build_model, count_params
-
-    model = build_model(spec, device="meta")
-    grid = list(spec.grid(resolution))
-    if verify:
-        with torch.no_grad():
-            out = model(torch.empty(1, spec.in_chans, *resolution, device="meta"))
-        built = [int(out.shape[-2]), int(out.shape[-1])]
-        if built != grid or int(out.shape[1]) != spec.out_channels:  # a bug, not bad input: keep the traceback
-            raise AssertionError(f"built output {tuple(out.shape)} != predicted grid {grid} for {spec.code}")
-    deploy = build_model(spec, device="meta", inference_mode=True)
-    return {
-        "name": spec.name or None,
-        "spec_hash": spec.spec_hash,
-        "arch": spec.code,
-        "resolution": list(resolution),
-        "params": count_params(model),
-        "params_deploy": count_params(deploy),
-        "channels": spec.out_channels,
-        "grid": grid,
-        "tokens": grid[0] * grid[1],
-        "stride": spec.output_stride,
-    }
+def _warn(message: str) -> None:
+    _err.print(f"warning: {message}", markup=False, highlight=False)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -76,7 +49,9 @@ def _build_args(p: argparse.ArgumentParser) -> None:
 def _build(args: argparse.Namespace) -> int:
     from .references import load_spec
 
-    info = _describe_build(load_spec(args.spec), parse_resolution(args.resolution), verify=args.verify)
+    from .build import describe
+
+    info = describe(load_spec(args.spec), parse_resolution(args.resolution), verify=args.verify)
     if args.json:
         print(json.dumps(info))
         return 0
@@ -189,12 +164,23 @@ def _resolutions(text: str) -> list[tuple[int, int]]:
     return [parse_resolution(r) for r in text.split(",") if r.strip()] or [parse_resolution(text)]
 
 
+def _default(cls, name: str):
+    """The one default of an option, read from its dataclass (so help texts cannot drift)."""
+    import dataclasses
+
+    f = cls.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else "all cores" if name == "threads" else f.default_factory()
+
+
 def _latency_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("latency")
-    g.add_argument("--backend", default="torch-cpu", help="torch-cpu | cuda | onnxruntime (default torch-cpu)")
-    g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
-    g.add_argument("--warmup", type=int, default=3)
-    g.add_argument("--repeats", type=int, default=10)
+    from .options import LATENCY_BACKEND_NAMES, LatencyConfig
+
+    g = p.add_argument_group("latency (defaults: archsearch.options.LatencyConfig)")
+    g.add_argument("--backend", default=None,
+                   help=f"{' | '.join(LATENCY_BACKEND_NAMES)} (default {_default(LatencyConfig, 'backend')})")
+    g.add_argument("--threads", type=int, default=None, help=f"intra-op threads (default {_default(LatencyConfig, 'threads')})")
+    g.add_argument("--warmup", type=int, default=None, help=f"default {_default(LatencyConfig, 'warmup')}")
+    g.add_argument("--repeats", type=int, default=None, help=f"default {_default(LatencyConfig, 'repeats')}")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true", help="torch.compile the model before timing")
     g.add_argument("--default-heap", action="store_true",
@@ -202,30 +188,60 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
                         "forwards pay page faults) instead of a retained heap")
 
 
-def _latency_config(args: argparse.Namespace, **extra):
-    from .measure import LatencyConfig
+def _latency_config(args: argparse.Namespace, base=None):
+    """``base`` (default: LatencyConfig()) with the latency options given on the command line."""
+    import dataclasses
 
-    kwargs = dict(
-        backend=args.backend, warmup=args.warmup, repeats=args.repeats,
-        channels_last=args.channels_last, compile=args.compile, retain_heap=not args.default_heap, **extra,
-    )
-    if args.threads is not None:
-        kwargs["threads"] = args.threads
-    return LatencyConfig(**kwargs)
+    from .options import LatencyConfig
+
+    given = {k: getattr(args, k) for k in ("backend", "threads", "warmup", "repeats") if getattr(args, k) is not None}
+    given.update({k: True for k in ("channels_last", "compile") if getattr(args, k)})
+    if args.default_heap:
+        given["retain_heap"] = False
+    return dataclasses.replace(base or LatencyConfig(), **given)
+
+
+def _metric_names() -> List[str]:
+    from .metrics import METRICS
+
+    return list(METRICS)
+
+
+def measure_options(args: argparse.Namespace):
+    """MeasureOptions from its defaults, then KEY=VALUE overrides, then the named command-line options."""
+    import dataclasses
+
+    from ._config import from_data
+    from .options import MeasureOptions
+    from .space import apply_overrides
+
+    data = apply_overrides({}, getattr(args, "overrides", []) or [], source="KEY=VALUE")
+    options = from_data(MeasureOptions, data or {})
+    given = {k: getattr(args, a) for k, a in (("counter", "counter"), ("llm", "llm"), ("prompt_tokens", "prompt_tokens"))
+             if getattr(args, a, None) is not None}
+    options = dataclasses.replace(options, latency=_latency_config(args, options.latency), **given)
+    if getattr(args, "data_root", None):
+        options = dataclasses.replace(options, train=dataclasses.replace(options.train, data_root=args.data_root),
+                                      proxy=dataclasses.replace(options.proxy, data_root=args.data_root))
+    return options
 
 
 def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", metavar="SPEC", help="reference names or spec YAML paths")
     p.add_argument("--resolution", "-r", default="1024", help="comma-separated sides or HxW (default 1024)")
     p.add_argument("--metrics", "-m", default="params,macs,tokens",
-                   help="comma-separated: params,macs,tokens,latency,predicted_latency,ttft")
-    p.add_argument("--counter", default="fast", help="MAC counter: fast | fvcore | ptflops (default fast)")
-    p.add_argument("--llm", default="qwen2-0.5b", help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="text tokens prefilled with the visual tokens")
+                   help="comma-separated metrics of the registry: " + ", ".join(_metric_names()))
+    p.add_argument("--counter", default=None, help="MAC counter: fast | fvcore | ptflops (default fast)")
+    p.add_argument("--llm", default=None, help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML (default qwen2-0.5b)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="text tokens prefilled with the visual tokens (default 32)")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory for the accuracy metrics")
     p.add_argument("--vs", metavar="SPEC", help="also time each spec interleaved with this one: latency ratio")
     p.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
     _latency_args(p)
+    _accept_overrides(p, "the measurement options (archsearch.options.MeasureOptions)")
+    p.epilog = ("KEY=VALUE: overrides of the measurement options, as in an experiment file's measure: section, "
+                "e.g. train.steps=100 train.data=fashion-mnist-canvas proxy.seed=1 latency.repeats=5")
 
 
 def _progress():
@@ -239,16 +255,15 @@ def _progress():
 
 @_command("measure", "measure params, MACs, tokens, latency, predicted latency and TTFT", _measure_args)
 def _measure(args: argparse.Namespace) -> int:
-    from .measure import MeasureCache, MeasureOptions, Measurer, compare_latency, parse_metrics
+    from .measure import MeasureCache, compare_latency
+    from .metrics import Measurer, parse_metrics
     from .references import load_spec
 
     metrics = parse_metrics(args.metrics)
     specs = [load_spec(s) for s in args.specs]
     vs = load_spec(args.vs) if args.vs else None
     resolutions = _resolutions(args.resolution)
-    options = MeasureOptions(
-        counter=args.counter, latency=_latency_config(args), llm=args.llm, prompt_tokens=args.prompt_tokens
-    )
+    options = measure_options(args)
     measurer = Measurer(options, MeasureCache(enabled=not args.no_cache))
     if "ttft" in metrics:
         measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
@@ -296,6 +311,13 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
             ("prefill ms", lambda r: f"{r['ttft']['prefill_ms']:.0f}"),
             ("TTFT ms", lambda r: f"{r['ttft_ms']:.0f}"),
         ]
+    from .metrics import METRICS
+
+    shown = {"params", "macs", "tokens", "latency", "ttft", "predicted_latency"}
+    for name in metrics:
+        if name not in shown:
+            for key in METRICS[name].objectives:
+                columns.append((key, lambda r, key=key: f"{r[key]:.4g}"))
     if ratio:
         columns.append(("latency / vs (IQR)", lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
     table = Table()
@@ -330,48 +352,24 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 
 @_command("calibrate", "measure this device's block-latency table for the latency predictor", _calibrate_args)
 def _calibrate(args: argparse.Namespace) -> int:
-    import time
-
-    from .measure import LatencyConfig
-    from .measure.predictor import LatencyPredictor, components
-    from .space import draw, load_space
+    from .measure.predictor import calibrate
+    from .options import LatencyConfig
 
     spaces = args.space or [str(p) for p in sorted(Path("search_spaces").glob("*.yaml"))]
     if not spaces:
         raise ConfigError("--space", "no space given and no search_spaces/*.yaml here")
-    overrides = [f"resolution=[{args.resolution}]"] if args.resolution else []
     cfg = LatencyConfig(backend="cuda" if args.device == "cuda" else "torch-cpu",
                         **({"threads": args.threads} if args.threads else {}))
-    predictor = LatencyPredictor(cfg, statistic=args.statistic)
-    candidates = []
-    for path in spaces:
-        found, _ = draw(load_space(path, overrides), args.n, seed=args.seed)
-        candidates += found
-    start = time.perf_counter()
-    comps = {c.key: c for cand in candidates for c in components(cand.spec, cand.resolution)}
-    before = len(predictor.entries)
     with _progress() as progress:
-        task = progress.add_task("block table", total=len(comps))
-        for comp in comps.values():
-            predictor.measure_components([comp])
-            progress.advance(task)
-        predictor.save()
-        fit_on = candidates[:: max(1, len(candidates) // max(args.fit, 1))][: args.fit]
-        task = progress.add_task("whole models (scale fit)", total=len(fit_on))
-        fit = predictor.fit_scale([(c.spec, c.resolution) for c in fit_on], progress=lambda _: progress.advance(task))
-    report = {
-        "table": str(predictor.path),
-        "entries": len(predictor.entries),
-        "new_entries": len(predictor.entries) - before,
-        "statistic": predictor.statistic,
-        "scale": predictor.scale,
-        "exponent": predictor.exponent,
-        "probe_ms": predictor.probe_ms,
-        "fit_ratios": fit.get("ratios", []),
-        "seconds": round(time.perf_counter() - start, 1),
-        "backend": cfg.backend,
-        "threads": cfg.threads,
-    }
+        tasks = {}
+
+        def advance(stage: str, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.advance(tasks[stage])
+
+        report = calibrate(spaces, config=cfg, statistic=args.statistic, n=args.n, fit=args.fit, seed=args.seed,
+                           resolution=args.resolution, progress=advance)
     if args.json:
         print(json.dumps(report))
     else:
@@ -393,50 +391,37 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     import os
-    import tempfile
 
     from optuna.trial import TrialState
 
-    from .pareto import export_pareto
     from .search import SearchRunner
     from .trials import load_trials
 
     cfg = load_trials(args.trials, args.overrides)
-    warned = []
-    runner = SearchRunner(
-        cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0,
-        warn=lambda msg: (warned.append(msg), _err.print(f"warning: {msg}", markup=False, highlight=False)),
-    )
+    runner = SearchRunner(cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0, warn=_warn)
     budget = args.n_trials or cfg.n_trials
-    study = runner.study
     before = runner.counted_trials()
     try:
         with _progress() as progress:
             task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
             result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
     except KeyboardInterrupt:
-        done = len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
         _err.print(f"archsearch: interrupted; {done} finished trials of {cfg.study!r} are kept in "
                    f"{runner.url.split('@')[-1]}; run the same command to continue", markup=False, highlight=False)
         return 130
-    states = {st.name: len(study.get_trials(states=(st,))) for st in TrialState}
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = export_pareto(study, Path(args.pareto_out) if args.pareto_out else Path(tmp))
-        if not worker:
-            runner.tracker.log_study_artifacts(runner.parent_run_id, Path(args.pareto_out or tmp))
-    if not worker and result.stopped == "budget":
-        runner.tracker.finish_study(runner.parent_run_id)
+    result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
     _out.print(
         f"study {cfg.study!r} in {runner.url.split('@')[-1]}: ran {result.ran} trials here; "
-        + ", ".join(f"{v} {k.lower()}" for k, v in states.items() if v)
-        + f"; stopped by {result.stopped}; {len(rows)} on the Pareto front"
+        + ", ".join(f"{v} {k.lower()}" for k, v in result.states.items() if v)
+        + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
         + ("" if runner.tracker.enabled else " (MLflow tracking off)")
     )
     names = [o.name for o in cfg.objectives]
     table = Table(title="Pareto front")
     for col in ("trial", "arch", "res", *names, "FastViTHD-like", "dominates"):
         table.add_column(col, no_wrap=True)
-    for r in rows:
+    for r in result.pareto:
         table.add_row(str(r.number), r.spec.code, str(r.resolution), *(f"{v:.4g}" for v in r.values),
                       "yes" if r.fastvithd_like else "", ",".join(r.dominates))
     _out.print(table)
@@ -489,7 +474,7 @@ def _ablate(args: argparse.Namespace) -> int:
         rows = run_ablation(
             cfg, Path(args.out), command=command,
             on_row=lambda v, r: progress.update(task, advance=1, description=f"{v} @ {r}"),
-            warn=lambda msg: _err.print(f"warning: {msg}", markup=False, highlight=False),
+            warn=_warn,
         )
     cols = [c for c in ("variant", "resolution", "tokens", "macs", "latency_ms", "latency_iqr_ms", "ttft_ms") if c in rows[0]]
     table = Table(title=f"ablation {cfg.name} -> {args.out}/results.csv")
@@ -528,36 +513,40 @@ def _report(args: argparse.Namespace) -> int:
 def _proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
     p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
-    p.add_argument("--width-mult", type=float, default=None, help="scaled copy: width multiplier")
-    p.add_argument("--max-depth", type=int, default=None, help="scaled copy: depth cap per stage")
-    p.add_argument("--resolution", "-r", type=int, default=64, help="input side (the canvas side for train)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (train; default 500)")
+    p.add_argument("--width-mult", type=float, default=None, help="scaled copy: width multiplier (default 0.25)")
+    p.add_argument("--max-depth", type=int, default=None, help="scaled copy: depth cap per stage (default 4)")
+    p.add_argument("--resolution", "-r", type=int, default=None, help="input side (default 128)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (train; default 50)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (train; default 3e-3)")
-    p.add_argument("--data", default="digits", help="train: 'digits' (built in) or an ImageFolder root with train/ and val/")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None,
+                   help="fashion-mnist (default) | fashion-mnist-canvas | digits | noise (zero-cost only) | ImageFolder root")
+    p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
+    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true")
 
 
 @_command("proxy", "score a spec with a zero-cost proxy or short training", _proxy_args)
 def _proxy(args: argparse.Namespace) -> int:
-    from .proxy import PROXIES, ProxyConfig, score_proxy
+    import dataclasses
+
+    from .options import ProxyConfig, TrainProxyConfig
+    from .proxy import PROXIES, score_proxy
     from .references import load_spec
 
     spec = load_spec(args.spec)
-    # Options left out keep the config's defaults (the scaling rule's, the trainer's).
-    given = {k: v for k, v in (("width_mult", args.width_mult), ("max_depth", args.max_depth)) if v}
+    # Options left out keep the one default of each (archsearch.options).
+    given = {k: v for k, v in (("width_mult", args.width_mult), ("max_depth", args.max_depth), ("resolution", args.resolution),
+                               ("data", args.data), ("data_root", args.data_root), ("seed", args.seed)) if v is not None}
     if args.kind == "train":
-        from .proxy.train import TrainProxyConfig, train_proxy
+        from .proxy.train import train_proxy
 
-        given.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v})
-        cfg = TrainProxyConfig(resolution=args.resolution, data=args.data, seed=args.seed, **given)
-        r = train_proxy(spec, cfg)
+        given.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+        r = train_proxy(spec, dataclasses.replace(TrainProxyConfig(), **given))
         result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
-                  "train_loss": r.train_loss, "history": r.history, "seconds": r.seconds, "config": r.config,
-                  "trained_spec_hash": r.trained_spec_hash}
+                  "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
+                  "config": r.config, "trained_spec_hash": r.trained_spec_hash}
     elif args.kind in PROXIES:
-        cfg = ProxyConfig(resolution=args.resolution, seed=args.seed, **given)
-        s = score_proxy(spec, args.kind, cfg)
+        s = score_proxy(spec, args.kind, dataclasses.replace(ProxyConfig(), **given))
         result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
                   "scored_spec_hash": s.scored_spec_hash}
     else:
@@ -565,7 +554,7 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        extra = f" (val loss {result['val_loss']:.3f})" if args.kind == "train" else ""
+        extra = f" (val loss {result['val_loss']:.3f}, loss sum {result['loss_sum']:.2f})" if args.kind == "train" else ""
         _out.print(f"{spec.name or spec.code} {args.kind}: {result['score']:.6g}{extra} in {result['seconds']:.1f} s; "
                    f"scaled copy: {result['config']}")
     return 0
@@ -629,35 +618,36 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
         long_steps=args.long_steps, short_steps=_int_list(args.short_steps, "--short-steps"),
         scalings=tuple(dict.fromkeys(_scalings(args.scalings) + ((args.resolution, cap),))), n_scaling=args.n_scaling,
     )
-    out = Path(args.out)
     command = " ".join(["archsearch proxy-fidelity", args.space, "--out", args.out, "-n", str(args.n), "--holdout",
                         str(args.holdout), "--seed", str(args.seed), "--data", args.data, "-r", str(args.resolution),
                         "--max-depth", str(args.max_depth), "--width-mult", str(args.width_mult), "--batch-size",
                         str(args.batch_size), "--lr", str(args.lr), "--train-size", str(args.train_size), "--val-size",
                         str(args.val_size), "--long-steps", str(args.long_steps), "--short-steps", args.short_steps,
                         "--scalings", args.scalings, "--n-scaling", str(args.n_scaling)])
-    if not args.analyse_only:
-        specs = fidelity.write_specs(plan, out)
-        units = fidelity.plan_units(plan, specs, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()])
-        todo = len(units) - len(fidelity.done_ids(out) & {u["id"] for u in units})
-        with _progress() as progress:
-            task = progress.add_task("fidelity units", total=todo)
+    with _progress() as progress:
+        task = progress.add_task("fidelity units", total=None)
 
-            def show(rec: dict) -> None:
-                if "error" in rec:
-                    _err.print(f"warning: unit {rec['id']} failed: {rec['error']}", markup=False, highlight=False)
-                progress.update(task, advance=1, description=rec["id"][:60])
+        def show(rec: dict, total: int) -> None:
+            if "error" in rec:
+                _warn(f"unit {rec['id']} failed: {rec['error']}")
+            progress.update(task, advance=1, total=total, description=rec["id"][:60])
 
-            fidelity.run_units(out, units, accelerator=args.accelerator, workers=args.workers, data_root=args.data_root,
-                               deadline_s=args.deadline_s, progress=show)
-    if not (out / fidelity.RUNS_FILE).exists():
-        raise ConfigError("--out", f"{out / fidelity.RUNS_FILE}: no finished units to analyse")
-    result = fidelity.analyse(out, command=command)
-    path = fidelity.write_report(result, out)
+        result = fidelity.run_study(plan, Path(args.out), command=command, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+                                    accelerator=args.accelerator, workers=args.workers, data_root=args.data_root,
+                                    deadline_s=args.deadline_s, analyse_only=args.analyse_only, progress=show)
+    path = result["report"]
     ch = result["chosen"]
     _out.print(f"{result['n_specs']} specs, noise ceiling tau {result['noise_ceiling_tau']}; chosen {ch['name']} "
                f"(tau {ch['tau']}, hold-out {ch['tau_holdout']} on {ch['n_holdout']}) -> {path}")
     return 0
+
+
+class _WarningLine(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _warn(record.getMessage())
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -665,6 +655,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="archsearch",
         description="Search and ablate hybrid RepMixer/attention vision encoders (FastViT, FastViTHD).",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, also print the full traceback and its cause")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (configure, run, help) in COMMANDS.items():
@@ -682,14 +673,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         if unknown or not getattr(args, "_accepts_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
         args.overrides = extra
+    # The library's warnings go to the "archsearch" logger; the command line prints them, one line each.
+    handler = _WarningLine()
+    logger = logging.getLogger("archsearch")
+    logger.addHandler(handler)
     try:
         return args._run(args)
     except ArchsearchError as e:
         _err.print(f"archsearch {args.command}: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        if args.debug:
+            # Errors are raised "from None" for a one-line message; the cause is still on __context__.
+            traceback.print_exception(e.__context__ or e, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         _err.print(f"archsearch {args.command}: interrupted", markup=False, highlight=False)
         return 130
+    finally:
+        logger.removeHandler(handler)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 from .errors import ConfigError
 from .spec import ArchSpec, StageSpec
 
-__all__ = ["Reference", "REFERENCES", "get_reference", "load_spec", "reference_names"]
+__all__ = ["Reference", "REFERENCES", "get_reference", "load_spec"]
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,6 @@ REFERENCES: Dict[str, Reference] = {
 
 #: timm's own names accepted too.
 _ALIASES = {"fastvit_mci3": "fastvithd"}
-
-
-def reference_names() -> list[str]:
-    return list(REFERENCES)
 
 
 def get_reference(name: str) -> Reference:

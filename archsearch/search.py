@@ -13,13 +13,14 @@ budget (``n_trials``) counts every trial of the study that is not FAILED and is 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import hashlib
 import os
 import time
 import warnings
-from dataclasses import dataclass
+import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
 
@@ -27,40 +28,22 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from . import _scoped
 from .errors import ConfigError, InvalidSample
-from .measure import METRICS, MeasureCache
-from .proxy import PROXIES, ProxyConfig, score_proxy
-from .proxy.train import TrainProxyConfig, train_proxy
+from .metrics import Measurer
 from .references import load_spec
 from .space import SearchSpace, load_space
 from .spec import ArchSpec
 from .tracking import Tracker
 from .trials import TrialsConfig
 
-__all__ = ["OBJECTIVES", "SearchRunner", "open_study", "run_search"]
+__all__ = ["SearchResult", "SearchRunner", "open_study", "run_search"]
 
-#: Objective / constraint names -> (metric family the Measurer runs, key of the value in its row).
-OBJECTIVES: Dict[str, tuple[str, str]] = {
-    "macs": ("macs", "macs"),
-    "params": ("params", "params"),
-    "tokens": ("tokens", "tokens"),
-    "latency_ms": ("latency", "latency_ms"),
-    "predicted_latency_ms": ("predicted_latency", "predicted_latency_ms"),
-    "ttft_ms": ("ttft", "ttft_ms"),
-}
-assert all(family in METRICS for family, _ in OBJECTIVES.values())
+_log = logging.getLogger("archsearch")
 
 #: What the budget counts: trials finished or in flight. FAILED ones are retried; WAITING ones (enqueued
 #: references, retries) are work still to do, and the next trial started picks them first.
-#: The short-training proxy's objective name (validation top-1 after a fixed step budget).
-TRAIN_PROXY = "train_top1"
-
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
-def _check_metric(name: str, key: str) -> None:
-    if name not in OBJECTIVES and name not in PROXIES and name != TRAIN_PROXY:
-        raise ConfigError(key, f"{name!r} is not one of: {', '.join([*OBJECTIVES, *PROXIES, TRAIN_PROXY])}")
 
 
 def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSampler:
@@ -97,9 +80,11 @@ def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
 
 
 def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
-    # Optuna logs a failed trial with its traceback; the runner reports it in one line instead and keeps
-    # the error on the trial (user attribute ``error``).
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with _scoped.optuna_verbosity(optuna.logging.ERROR):
+        return _open_study(cfg, url, seed=seed)
+
+
+def _open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
     storage = _storage(cfg, url)
     directions = [o.direction for o in cfg.objectives]
     try:
@@ -118,6 +103,9 @@ def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> op
     stored = study.user_attrs.get("objectives")
     if stored is not None and stored != names:
         raise ConfigError("objectives", f"study {cfg.study!r} optimises {stored}, not {names}; use another study_name")
+    if study.metric_names != names:
+        # optuna-dashboard and optuna.visualization label the objectives with these names.
+        study.set_metric_names(names)
     return study
 
 
@@ -172,8 +160,14 @@ class _BudgetLock:
 @dataclass
 class SearchResult:
     study: optuna.Study
+    #: Trials this process ran, why it stopped (budget, timeout, failures), and the study's budget.
     ran: int
     stopped: str
+    budget: int = 0
+    #: Filled by :meth:`SearchRunner.finish`: trials by state, the Pareto front, whether the study is complete.
+    states: Dict[str, int] = field(default_factory=dict)
+    pareto: list = field(default_factory=list)
+    complete: bool = False
 
 
 class SearchRunner:
@@ -185,26 +179,14 @@ class SearchRunner:
         *,
         storage: Optional[str] = None,
         seed_offset: int = 0,
-        warn: Callable[[str], None] = print,
+        warn: Optional[Callable[[str], None]] = None,
     ) -> None:
-        for i, o in enumerate(cfg.objectives):
-            _check_metric(o.name, f"objectives[{i}].name")
-        for i, c in enumerate(cfg.constraints):
-            _check_metric(c.metric, f"constraints[{i}].metric")
         self.cfg = cfg
         self.url = storage or cfg.storage
-        self.warn = warn
+        #: Warnings go to the ``archsearch`` logger unless the caller takes them (the CLI prints them).
+        self.warn = warn or _log.warning
         self.space: SearchSpace = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
-        m = cfg.measure
-        self.measurer = m.measurer()
-        self.proxy_config = ProxyConfig(
-            width_mult=m.proxy_width_mult, max_depth=m.proxy_max_depth, resolution=m.proxy_resolution,
-            batch_size=m.proxy_batch_size, seed=m.proxy_seed,
-        )
-        self.train_config = TrainProxyConfig(
-            width_mult=m.train_width_mult, max_depth=m.train_max_depth, resolution=m.train_resolution,
-            steps=m.train_steps, val_every=max(1, m.train_steps // 3), data=m.train_data, seed=m.proxy_seed,
-        )
+        self.measurer = Measurer(cfg.measure)
         self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
@@ -219,26 +201,10 @@ class SearchRunner:
 
     def evaluate(self, spec: ArchSpec, resolution: int, trial: Optional[optuna.Trial] = None) -> Dict[str, float]:
         """Every objective and constraint metric of a candidate (measurements are cached)."""
-        names = self._metric_names()
-        families = sorted({OBJECTIVES[n][0] for n in names if n in OBJECTIVES})
-        row = self.measurer.measure(spec, resolution, families)
-        values = {n: float(row[OBJECTIVES[n][1]]) for n in names if n in OBJECTIVES}
-        for n in names:
-            if n in PROXIES:
-                values[n] = self._cached("proxy", n, spec, self.proxy_config, lambda: score_proxy(spec, n, self.proxy_config))
-            elif n == TRAIN_PROXY:
-                values[n] = self._cached("train", n, spec, self.train_config,
-                                         lambda: train_proxy(spec, self.train_config, trial=trial), key="val_top1")
+        values, row = self.measurer.values(spec, resolution, self._metric_names())
+        if trial is not None and "train" in row:
+            trial.set_user_attr("train_history", row["train"]["history"])
         return values
-
-    def _cached(self, metric: str, name: str, spec: ArchSpec, config, compute, key: str = "score") -> float:
-        cache = self.measurer.cache
-        cache_key = MeasureCache.key(metric=metric, name=name, spec=spec.spec_hash, config=dataclasses.asdict(config))
-        hit = cache.get(cache_key)
-        if hit is None:
-            hit = compute().to_dict()
-            cache.put(cache_key, hit)
-        return float(hit[key])
 
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
@@ -331,6 +297,12 @@ class SearchRunner:
         return len(self.study.get_trials(deepcopy=False, states=_COUNTED))
 
     def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+        # Optuna logs a failed trial with its traceback; the runner reports it in one line instead and keeps
+        # the error on the trial (user attribute ``error``). The caller's verbosity is restored afterwards.
+        with _scoped.optuna_verbosity(optuna.logging.ERROR):
+            return self._run(n_trials=n_trials, on_trial=on_trial)
+
+    def _run(self, *, n_trials: Optional[int], on_trial: Optional[Callable[[int, int], None]]) -> SearchResult:
         budget = n_trials or self.cfg.n_trials
         with self.lock.held():
             self._prepare_study()
@@ -358,9 +330,41 @@ class SearchRunner:
                 break
             if on_trial:
                 on_trial(min(self.counted_trials(), budget), budget)
-        return SearchResult(self.study, ran, stopped)
+        return SearchResult(self.study, ran, stopped, budget)
+
+    # --- the end of a run ---------------------------------------------------------------------------
+    def finish(self, result: SearchResult, *, pareto_out: Optional[Path] = None) -> SearchResult:
+        """Export the Pareto front (to ``pareto_out``, or only to MLflow) and, when this run completed the
+        study's budget and no other worker still runs a trial, log it on the parent run and mark it FINISHED."""
+        from .pareto import export_pareto
+
+        study = self.study
+        result.states = {st.name: len(study.get_trials(deepcopy=False, states=(st,))) for st in TrialState}
+        complete = (result.stopped == "budget" and result.states.get("RUNNING", 0) == 0
+                    and self.counted_trials() >= result.budget)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(pareto_out) if pareto_out else Path(tmp)
+            result.pareto = export_pareto(study, out)
+            if complete and self.parent_run_id:
+                with self.lock.held():  # the last workers may finish together: one closes the run
+                    if not study.user_attrs.get("mlflow_parent_finished"):
+                        self.tracker.log_study_artifacts(self.parent_run_id, out)
+                        self.tracker.finish_study(self.parent_run_id)
+                        study.set_user_attr("mlflow_parent_finished", True)
+        result.complete = complete
+        return result
 
 
-def run_search(cfg: TrialsConfig, *, n_trials: Optional[int] = None, **runner_options) -> SearchResult:
-    """Run (or resume) ``cfg``'s study in this process; ``runner_options`` are :class:`SearchRunner`'s."""
-    return SearchRunner(cfg, **runner_options).run(n_trials=n_trials)
+def run_search(
+    cfg: TrialsConfig,
+    *,
+    n_trials: Optional[int] = None,
+    pareto_out: Optional[Path] = None,
+    on_trial: Optional[Callable[[int, int], None]] = None,
+    **runner_options,
+) -> SearchResult:
+    """Run (or resume) ``cfg``'s study in this process and finish what it starts: the Pareto front is
+    exported (to ``pareto_out`` when given) and logged, and the study's MLflow parent run is FINISHED once
+    its budget is complete (by whichever worker completes it). ``runner_options`` are :class:`SearchRunner`'s."""
+    runner = SearchRunner(cfg, **runner_options)
+    return runner.finish(runner.run(n_trials=n_trials, on_trial=on_trial), pareto_out=pareto_out)

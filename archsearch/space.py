@@ -1,6 +1,6 @@
 """Declarative search spaces: YAML -> typed ``SpaceConfig`` -> ``SearchSpace.sample(trial) -> ArchSpec``.
 
-Two facts about Optuna shape the sampling (see ARCHITECTURE.md):
+Two facts about Optuna shape the sampling (checked with Optuna 5.0):
 
 * Every trial suggests the same flat set of parameters: each stage's parameters are suggested up to the
   space's largest stage count, and ``num_stages`` decides which stages exist. NSGA-II, GP and

@@ -6,21 +6,31 @@ server is unreachable, the search goes on and says so once.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from . import _scoped
 from .trials import TrackingConfig
 
 __all__ = ["Tracker"]
 
-# Fail fast on an unreachable server instead of MLflow's minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
+
+def _mlflow_scope():
+    """MLflow's settings for one tracking call: fail fast on an unreachable server instead of minutes of
+    retries, print no "View run / View experiment" lines of its own (a search prints its own progress),
+    and keep its and alembic's INFO lines out; the caller's values are restored after the call."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(_scoped.env(
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES=os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        MLFLOW_HTTP_REQUEST_TIMEOUT=os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
+        MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
+    ))
+    stack.enter_context(_scoped.log_levels({"mlflow": logging.WARNING, "alembic": logging.WARNING}))
+    return stack
 
 
 def _flat(prefix: str, value, out: Dict[str, str]) -> None:
@@ -35,9 +45,9 @@ def _flat(prefix: str, value, out: Dict[str, str]) -> None:
 
 
 class Tracker:
-    def __init__(self, config: TrackingConfig, warn: Callable[[str], None]) -> None:
+    def __init__(self, config: TrackingConfig, warn: Optional[Callable[[str], None]] = None) -> None:
         self.config = config
-        self.warn = warn
+        self.warn = warn or logging.getLogger("archsearch").warning
         self.enabled = config.enabled
         self._client = None
         self.experiment_id: Optional[str] = None
@@ -54,7 +64,8 @@ class Tracker:
         if not self.enabled:
             return None
         try:
-            return fn()
+            with _mlflow_scope():
+                return fn()
         except Exception as err:  # noqa: BLE001 - any tracking failure must not stop the search
             self._fail(what, err)
             return None

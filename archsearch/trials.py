@@ -10,10 +10,11 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml
 from .errors import ConfigError
+from .options import MeasureOptions
 from .space import apply_overrides
 
 __all__ = [
-    "ConstraintConfig", "EnqueueConfig", "MeasureConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",
+    "ConstraintConfig", "EnqueueConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",
     "TrialsConfig", "load_trials",
 ]
 
@@ -23,12 +24,19 @@ SAMPLER_NAMES = ("nsga2", "nsga3", "tpe", "random", "gp")
 
 @dataclass
 class ObjectiveConfig:
-    #: A metric (macs, params, tokens, latency_ms, predicted_latency_ms, ttft_ms), a zero-cost proxy
-    #: (synflow, naswot, grad_norm, snip) or ``train_top1`` (short-training proxy; maximise).
+    #: An objective of the metric registry (:data:`archsearch.metrics.OBJECTIVES`): macs, params, tokens,
+    #: latency_ms, predicted_latency_ms, ttft_ms, a zero-cost proxy (synflow, naswot, grad_norm, snip),
+    #: train_top1 or train_loss_sum.
     name: str = MISSING
-    direction: str = "minimize"
+    #: minimize or maximize; left out, the objective's natural direction (maximize train_top1, ...).
+    direction: Optional[str] = None
 
     def __post_init__(self) -> None:
+        from .metrics import resolve_objective
+
+        _, natural = resolve_objective(self.name, "name")
+        if self.direction is None:
+            self.direction = natural
         if self.direction not in DIRECTIONS:
             raise ConfigError("direction", f"{self.direction!r} is not one of: {', '.join(DIRECTIONS)}")
 
@@ -42,6 +50,9 @@ class ConstraintConfig:
     min: Optional[float] = None
 
     def __post_init__(self) -> None:
+        from .metrics import metric_of
+
+        metric_of(self.metric, "metric")
         if self.max is None and self.min is None:
             raise ConfigError("max", "give 'max', 'min' or both")
 
@@ -69,38 +80,6 @@ class TrackingConfig:
 
 
 @dataclass
-class MeasureConfig:
-    counter: str = "fast"
-    backend: str = "torch-cpu"
-    threads: Optional[int] = None
-    warmup: int = 3
-    repeats: int = 10
-    llm: str = "qwen2-0.5b"
-    prompt_tokens: int = 32
-    #: Zero-cost proxies: scaled-down copy (width multiplier, depth cap), input side, batch, seed.
-    proxy_width_mult: float = 0.25
-    proxy_max_depth: Optional[int] = 2
-    proxy_resolution: int = 64
-    proxy_batch_size: int = 16
-    proxy_seed: int = 0
-    #: Short-training proxy (objective ``train_top1``): scaled copy, canvas side, step budget, data.
-    train_width_mult: float = 0.125
-    train_max_depth: Optional[int] = None
-    train_resolution: int = 64
-    train_steps: int = 150
-    train_data: str = "digits"
-
-    def measurer(self):
-        """The :class:`~archsearch.measure.Measurer` these settings describe (one per process)."""
-        from .measure import LatencyConfig, MeasureOptions, Measurer
-
-        latency = LatencyConfig(
-            backend=self.backend, warmup=self.warmup, repeats=self.repeats, **({"threads": self.threads} if self.threads else {})
-        )
-        return Measurer(MeasureOptions(counter=self.counter, latency=latency, llm=self.llm, prompt_tokens=self.prompt_tokens))
-
-
-@dataclass
 class EnqueueConfig:
     """A reference (name or spec YAML) evaluated first; at the space's largest resolution by default."""
 
@@ -124,7 +103,8 @@ class TrialsConfig:
     study_name: Optional[str] = None
     enqueue: List[EnqueueConfig] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    #: Every metric's options (latency, proxy, train, LLM); defaults in :mod:`archsearch.options`.
+    measure: MeasureOptions = field(default_factory=MeasureOptions)
     #: Seconds between worker heartbeats; a RUNNING trial silent for ``grace_s`` is failed and retried.
     heartbeat_s: int = 10
     grace_s: int = 30

@@ -16,7 +16,7 @@ from .conftest import ROOT
 
 def _quick(tmp_path, name: str, extra=()):
     return load_ablation(ROOT / "trials" / f"{name}.yaml",
-                         [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "measure.threads=1", *extra], quick=True)
+                         [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", "measure.latency.threads=1", *extra], quick=True)
 
 
 def test_downsampling_variants():
@@ -66,7 +66,7 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
 
 def test_ablate_cli(tmp_path, capsys):
     assert main(["ablate", str(ROOT / "trials" / "ablate_attention.yaml"), "--out", str(tmp_path / "a"), "--quick",
-                 "--report", f"tracking.uri=sqlite:///{tmp_path}/m.db", "measure.threads=1"]) == 0
+                 "--report", f"tracking.uri=sqlite:///{tmp_path}/m.db", "measure.latency.threads=1"]) == 0
     assert (tmp_path / "a" / "report.md").exists()
     assert main(["report", str(tmp_path / "a"), "--out", str(tmp_path / "r")]) == 0
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 2

@@ -143,3 +143,18 @@ def test_measure_bad_input(args, expected, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
+
+
+def test_debug_shows_the_cause(capsys):
+    assert main(["--debug", "build", "no_such_spec.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith("archsearch build: error:") and "Traceback" in err
+    assert main(["build", "no_such_spec.yaml"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_measure_overrides_of_the_options(capsys):
+    assert main(["measure", "fastvit_t8", "-r", "64", "-m", "params", "latency.repeats=zero"]) == 2
+    assert "repeats" in capsys.readouterr().err
+    assert main(["measure", "fastvit_t8", "-r", "64", "-m", "params", "train.nope=1"]) == 2
+    assert "train.nope" in capsys.readouterr().err

@@ -54,7 +54,7 @@ n_trials: {n_trials}
 storage: {storage or f'sqlite:///{tmp}/study.db'}
 enqueue: [{{spec: ref.yaml, resolution: 64}}]
 tracking: {{uri: "{tracking or f'sqlite:///{tmp}/mlflow.db'}", experiment: t}}
-measure: {{proxy_resolution: 32, proxy_batch_size: 8, proxy_width_mult: 1.0, threads: 1, warmup: 1, repeats: 3}}
+measure: {{proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}, latency: {{threads: 1, warmup: 1, repeats: 3}}}}
 heartbeat_s: 1
 grace_s: 3
 {extra}
@@ -114,6 +114,33 @@ def test_search_in_process(tmp_path):
     rows = export_pareto(study, out)
     assert rows and (out / "pareto.csv").exists() and (out / "pareto.md").exists() and (out / "pareto.png").exists()
     assert len(list(out.glob("pareto_trial*.yaml"))) == len(rows)
+
+
+def _parent_runs(uri: str, experiment: str = "t") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if r.data.tags.get("mlflow.runName", "").startswith("study:")]
+
+
+def test_run_search_finishes_what_it_starts(tmp_path):
+    from archsearch.search import run_search
+
+    cfg = load_trials(_experiment(tmp_path, n_trials=6))
+    result = run_search(cfg, pareto_out=tmp_path / "front")
+    assert result.complete and result.pareto and (tmp_path / "front" / "pareto.csv").exists()
+    # The dashboard and optuna.visualization name the objectives.
+    assert result.study.metric_names == ["macs", "naswot"]
+    parents = _parent_runs(cfg.tracking.uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    import mlflow
+
+    assert mlflow.active_run() is None
+    client_runs = [r.info.status for r in __import__("mlflow").tracking.MlflowClient(cfg.tracking.uri).search_runs(
+        [parents[0].info.experiment_id])]
+    assert "RUNNING" not in client_runs
 
 
 def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
@@ -211,7 +238,7 @@ SLOW = "[{name: latency_ms, direction: minimize}, {name: macs, direction: minimi
 def test_sigint_then_resume(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=6, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
-    slow = ["measure.repeats=400"]
+    slow = ["measure.latency.repeats=400"]
     proc = _cli(["search", str(path), *slow], tmp_path)
     _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 2, 240, "two complete trials")
     proc.send_signal(signal.SIGINT)
@@ -232,7 +259,7 @@ def test_sigint_then_resume(tmp_path):
 def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    victim = _cli(["worker", str(path), "measure.repeats=3000"], tmp_path)
+    victim = _cli(["worker", str(path), "measure.latency.repeats=3000"], tmp_path)
     _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
     time.sleep(1.5)  # let its heartbeat start
     running = [n for n, s in _states(url).items() if s == TrialState.RUNNING]
@@ -299,6 +326,10 @@ def test_three_workers_on_postgresql(tmp_path, postgres_dbs):
     assert len(numbers) == len(set(numbers)) and not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
     assert len({t.user_attrs.get("worker") for t in finished if "worker" in t.user_attrs}) >= 2, "the work was shared"
     assert _mlflow_trial_numbers(mlflow_url) == sorted(t.number for t in finished)
+    # Whichever worker completed the budget closed the study's parent run.
+    parents = _parent_runs(mlflow_url)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert study.metric_names == ["macs", "naswot"]
 
 
 def test_pareto_helpers():
@@ -325,7 +356,7 @@ def test_pareto_cli(tmp_path, capsys):
 
 def test_train_proxy_objective(tmp_path):
     cfg = load_trials(_experiment(tmp_path, objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
-                                  n_trials=2), ["measure.train_steps=4", "measure.train_resolution=32", "tracking.enabled=false"])
+                                  n_trials=2), ["measure.train.steps=4", "measure.train.resolution=32", "measure.train.data=digits", "measure.train.train_size=64", "measure.train.val_size=32", "measure.train.batch_size=16", "tracking.enabled=false"])
     study = SearchRunner(cfg).run().study
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert done and all(0.0 <= t.values[0] <= 1.0 for t in done)

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict
 
 import torch
-import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
-from ..build import build_model, count_params
+from ..build import build_model, count_params, deploy_model
 from ..errors import ConfigError
+from ..options import COUNTER_NAMES
 from ..spec import ArchSpec, Resolution, parse_resolution
 
 __all__ = ["Complexity", "COUNTERS", "count_complexity"]
@@ -131,17 +131,12 @@ def _fast(spec: ArchSpec, hw: tuple[int, int]) -> dict:
     )
 
 
-def _real_deploy_model(spec: ArchSpec) -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(spec, inference_mode=True).eval()
-
-
 def _fvcore(spec: ArchSpec, hw: tuple[int, int]) -> dict:
     import logging
 
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 
-    model = _real_deploy_model(spec)
+    model = deploy_model(spec)
     x = torch.randn(1, spec.in_chans, *hw)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     flops = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -165,7 +160,7 @@ def _fvcore(spec: ArchSpec, hw: tuple[int, int]) -> dict:
 def _ptflops(spec: ArchSpec, hw: tuple[int, int]) -> dict:
     from ptflops import get_model_complexity_info
 
-    model = _real_deploy_model(spec)
+    model = deploy_model(spec)
     macs, _ = get_model_complexity_info(
         model, (spec.in_chans, *hw), as_strings=False, print_per_layer_stat=False, verbose=False, backend="aten"
     )
@@ -179,6 +174,7 @@ COUNTERS: Dict[str, Callable[[ArchSpec, tuple[int, int]], dict]] = {
     "fvcore": _fvcore,
     "ptflops": _ptflops,
 }
+assert tuple(COUNTERS) == COUNTER_NAMES
 
 
 def count_complexity(spec: ArchSpec, resolution: Resolution, *, counter: str = "fast") -> Complexity:

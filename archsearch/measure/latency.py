@@ -15,19 +15,20 @@ which has exactly the structure ``reparameterize`` produces (the test suite load
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..build import build_model
+from ..build import deploy_model, example_input
+from .. import _scoped
 from ..errors import ConfigError
+from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
 from ..spec import ArchSpec, Resolution, parse_resolution
 from ._heap import heap_mode, retained_heap
 from .device import device_fingerprint, device_info
@@ -45,37 +46,6 @@ __all__ = [
     "time_module",
     "time_modules_interleaved",
 ]
-
-
-@dataclass(frozen=True)
-class LatencyConfig:
-    backend: str = "torch-cpu"
-    #: Intra-op threads (torch and ONNX Runtime); default: every core of this machine.
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
-    warmup: int = 3
-    repeats: int = 10
-    batch: int = 1
-    channels_last: bool = False
-    compile: bool = False
-    #: Stop timing once this many seconds are spent (after at least 3 repeats); None: all repeats.
-    time_budget_s: Optional[float] = None
-    #: Keep freed heap memory mapped while timing (glibc), so forwards do not pay page faults; see
-    #: :mod:`archsearch.measure._heap`. False times the allocator's default behaviour.
-    retain_heap: bool = True
-
-    def __post_init__(self) -> None:
-        if self.backend not in LATENCY_BACKENDS:
-            raise ConfigError("backend", f"{self.backend!r} is not one of: {', '.join(LATENCY_BACKENDS)}")
-        for key, lo in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
-            if getattr(self, key) < lo:
-                raise ConfigError(key, f"must be >= {lo}, got {getattr(self, key)}")
-        if self.compile and self.backend == "onnxruntime":
-            raise ConfigError("compile", "torch.compile does not apply to the onnxruntime backend")
-
-    def cache_key(self) -> dict:
-        d = asdict(self)
-        d.pop("time_budget_s")
-        return d
 
 
 @dataclass(frozen=True)
@@ -149,8 +119,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _example(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(cfg.batch, spec.in_chans, *hw, generator=g)
+    return example_input(spec.in_chans, hw, batch=cfg.batch)
 
 
 def _torch_forward(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Callable[[], object]:
@@ -209,6 +178,7 @@ LATENCY_BACKENDS: Dict[str, Callable[[nn.Module, torch.Tensor, LatencyConfig], _
     "cuda": _prepare_cuda,
     "onnxruntime": _prepare_onnxruntime,
 }
+assert tuple(LATENCY_BACKENDS) == LATENCY_BACKEND_NAMES
 
 
 def _timed(prepared: _Prepared) -> float:
@@ -220,13 +190,8 @@ def _timed(prepared: _Prepared) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
-def _deploy_model(spec: ArchSpec) -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(spec, inference_mode=True).eval()
-
-
 def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[str, object]:
-    device = "cuda" if cfg.backend == "cuda" else "cpu"
+    device = cfg.device
     return {
         "backend": cfg.backend,
         "device": device_info(device),
@@ -247,8 +212,9 @@ def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[s
 
 @contextlib.contextmanager
 def _timing_environment(cfg: LatencyConfig) -> Iterator[None]:
-    torch.set_flush_denormal(True)
-    with _torch_threads(cfg.threads), retained_heap(cfg.retain_heap):
+    # Random-init FastViT nets are bimodal on CPU without flushing denormals; the caller's setting,
+    # thread count and heap are restored afterwards.
+    with _scoped.flush_denormal(True), _torch_threads(cfg.threads), retained_heap(cfg.retain_heap):
         yield
 
 
@@ -297,7 +263,7 @@ def time_modules_interleaved(
 
 
 def _prepare_spec(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> _Prepared:
-    return LATENCY_BACKENDS[cfg.backend](_deploy_model(spec), _example(spec, hw, cfg), cfg)
+    return LATENCY_BACKENDS[cfg.backend](deploy_model(spec), _example(spec, hw, cfg), cfg)
 
 
 def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
@@ -360,7 +326,7 @@ def compare_latency(
     hw_a = parse_resolution(resolution)
     hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
     a_stats, b_stats, ratio = time_modules_interleaved(
-        (_deploy_model(a), _example(a, hw_a, cfg)), (_deploy_model(b), _example(b, hw_b, cfg)), cfg
+        (deploy_model(a), _example(a, hw_a, cfg)), (deploy_model(b), _example(b, hw_b, cfg)), cfg
     )
     conditions = _conditions(cfg, hw_a, a_stats.repeats)
     conditions.update(resolution_b=list(hw_b), interleaved=True)

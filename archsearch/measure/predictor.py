@@ -29,13 +29,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..build import build_final_conv, build_stage, build_stem
+from ..build import build_final_conv, build_stage, build_stem, deploy_model, example_input
 from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
 from .cache import default_cache_dir
 from ._heap import heap_mode
 from .device import device_fingerprint, device_info
-from .latency import LatencyConfig, _deploy_model, _example, measure_latency, time_module, time_modules_interleaved
+from .latency import LatencyConfig, _example, measure_latency, time_module, time_modules_interleaved
 
 __all__ = ["Component", "LatencyPredictor", "STATISTICS", "components", "probe"]
 
@@ -51,10 +51,6 @@ class Component:
     make: Callable[[], Tuple[nn.Module, torch.Tensor]] = field(compare=False, repr=False)
 
 
-def _input(c: int, hw: Tuple[int, int]) -> torch.Tensor:
-    return torch.randn(1, c, *hw, generator=torch.Generator().manual_seed(0))
-
-
 def components(spec: ArchSpec, resolution: Resolution) -> List[Component]:
     """The table entries a spec at a resolution is made of, with how many times each occurs."""
     hw = parse_resolution(resolution)
@@ -64,7 +60,7 @@ def components(spec: ArchSpec, resolution: Resolution) -> List[Component]:
         Component(
             f"stem:{spec.in_chans}>{spec.stages[0].width}:sb{int(spec.stem_scale_branch)}:{h}x{w}",
             1,
-            lambda: (build_stem(spec, inference_mode=True), _input(spec.in_chans, hw)),
+            lambda: (build_stem(spec, inference_mode=True), example_input(spec.in_chans, hw)),
         )
     )
     grid_in = spec.stem_grid(hw)
@@ -76,7 +72,7 @@ def components(spec: ArchSpec, resolution: Resolution) -> List[Component]:
             def make() -> Tuple[nn.Module, torch.Tensor]:
                 torch.manual_seed(0)
                 module = getattr(build_stage(spec, one, dim_in, [0.0], inference_mode=True), attr)
-                return (module[idx] if idx is not None else module), _input(c_in, g)
+                return (module[idx] if idx is not None else module), example_input(c_in, g)
 
             return make
 
@@ -114,7 +110,7 @@ def components(spec: ArchSpec, resolution: Resolution) -> List[Component]:
             Component(
                 f"final:{dim_in}>{spec.out_channels}:{g[0]}x{g[1]}",
                 1,
-                lambda: (build_final_conv(spec, inference_mode=True), _input(spec.stages[-1].width, g)),
+                lambda: (build_final_conv(spec, inference_mode=True), example_input(spec.stages[-1].width, g)),
             )
         )
     return out
@@ -129,7 +125,7 @@ def probe() -> Tuple[nn.Module, torch.Tensor]:
     from ..references import get_reference
 
     spec = get_reference("fastvit_t8").spec
-    return _deploy_model(spec), _example(spec, (256, 256), LatencyConfig(threads=1))
+    return deploy_model(spec), _example(spec, (256, 256), LatencyConfig(threads=1))
 
 
 class LatencyPredictor:
@@ -151,7 +147,7 @@ class LatencyPredictor:
         self.statistic = statistic
         self.config = config or LatencyConfig()
         self.component_config = dataclasses.replace(self.config, warmup=2, repeats=component_repeats, time_budget_s=2.0)
-        device = "cuda" if self.config.backend == "cuda" else "cpu"
+        device = self.config.device
         self.device = device
         # Tables timed with and without a retained heap differ by the page faults (~25% here).
         name = f"{device_fingerprint(device)}-{self.config.backend}-t{self.config.threads}-heap-{heap_mode(self.config.retain_heap)}.json"
@@ -227,9 +223,6 @@ class LatencyPredictor:
         self._rebased_ms = time_module(*self._probe_pair(), cfg).median_ms
         return self._rebased_ms
 
-    def missing(self, spec: ArchSpec, resolution: Resolution) -> List[Component]:
-        return [c for c in components(spec, resolution) if not self._has(c.key)]
-
     def measure_components(self, comps: Iterable[Component], progress: Optional[Callable[[str], None]] = None) -> int:
         done = 0
         for comp in comps:
@@ -283,7 +276,7 @@ class LatencyPredictor:
     def measure_relative(self, spec: ArchSpec, resolution: Resolution) -> Tuple[float, float]:
         """(latency ms, latency / probe) of the whole deploy model, timed interleaved with the probe."""
         hw = parse_resolution(resolution)
-        pair = (_deploy_model(spec), _example(spec, hw, self.config))
+        pair = (deploy_model(spec), _example(spec, hw, self.config))
         stats, ratio = self._time_vs_probe(pair, self.config)
         return stats.median_ms, ratio.median_ms
 
@@ -325,3 +318,46 @@ def _fit_power(rows: Sequence[dict], min_points: int = 5, span: float = 3.0) -> 
     b = min(1.3, max(0.8, b))
     a = statistics.median(math.exp(y - b * x) for x, y in zip(xs, ys))
     return a, b
+
+
+def calibrate(
+    spaces: Sequence[str],
+    *,
+    config: Optional[LatencyConfig] = None,
+    statistic: str = "relative",
+    n: int = 15,
+    fit: int = 12,
+    seed: int = 1000,
+    resolution: Optional[str] = None,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> dict:
+    """Fill this device's block table from ``n`` specs drawn from each space, then fit scale and exponent
+    on ``fit`` whole models spread over those specs; returns what was done (the CLI prints it)."""
+    import time
+
+    from ..space import draw, load_space
+
+    overrides = [f"resolution=[{resolution}]"] if resolution else []
+    predictor = LatencyPredictor(config or LatencyConfig(), statistic=statistic)
+    candidates = []
+    for path in spaces:
+        found, _ = draw(load_space(path, overrides), n, seed=seed)
+        candidates += found
+    start = time.perf_counter()
+    comps = {c.key: c for cand in candidates for c in components(cand.spec, cand.resolution)}
+    before = len(predictor.entries)
+    for comp in comps.values():
+        predictor.measure_components([comp])
+        if progress:
+            progress("block table", len(comps))
+    predictor.save()
+    fit_on = candidates[:: max(1, len(candidates) // max(fit, 1))][:fit]
+    result = predictor.fit_scale([(c.spec, c.resolution) for c in fit_on],
+                                 progress=lambda _: progress and progress("whole models (scale fit)", len(fit_on)))
+    return {
+        "table": str(predictor.path), "entries": len(predictor.entries), "new_entries": len(predictor.entries) - before,
+        "statistic": predictor.statistic, "scale": predictor.scale, "exponent": predictor.exponent,
+        "probe_ms": predictor.probe_ms, "fit_ratios": result.get("ratios", []),
+        "seconds": round(time.perf_counter() - start, 1), "backend": predictor.config.backend,
+        "threads": predictor.config.threads,
+    }

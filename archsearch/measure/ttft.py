@@ -143,12 +143,8 @@ class _LastLogits(torch.nn.Module):
 
 def _prefill_config(cfg: LatencyConfig) -> LatencyConfig:
     """The encoder's timing settings as they apply to a decoder: its device (cuda or the CPU) and threads."""
-    return dataclasses.replace(cfg, backend="cuda" if cfg.backend == "cuda" else "torch-cpu", channels_last=False,
+    return dataclasses.replace(cfg, backend="cuda" if cfg.device == "cuda" else "torch-cpu", channels_last=False,
                                compile=False, batch=1)
-
-
-def _prefill_device(cfg: LatencyConfig) -> str:
-    return "cuda" if cfg.backend == "cuda" else "cpu"
 
 
 class _Prefill:
@@ -167,8 +163,8 @@ def _prefill_conditions(shape: LLMShape, cfg: LatencyConfig) -> dict:
     return {
         "llm": asdict(shape),
         "implementation": "transformers Qwen2ForCausalLM, random weights, logits_to_keep=1, use_cache=False",
-        "device": device_info(_prefill_device(cfg)),
-        "device_fingerprint": device_fingerprint(_prefill_device(cfg)),
+        "device": device_info(cfg.device),
+        "device_fingerprint": device_fingerprint(cfg.device),
         "threads": cfg.threads,
         "warmup": cfg.warmup,
         "repeats": cfg.repeats,
@@ -221,7 +217,7 @@ def fit_prefill(
     cfg = config or LatencyConfig(warmup=1, repeats=3)
     cache = cache if cache is not None else MeasureCache()
     key = MeasureCache.key(
-        metric="prefill_fit", llm=shape.shape_hash, device=device_fingerprint(_prefill_device(cfg)), threads=cfg.threads,
+        metric="prefill_fit", llm=shape.shape_hash, device=device_fingerprint(cfg.device), threads=cfg.threads,
         warmup=cfg.warmup, repeats=cfg.repeats, tokens=sorted(token_counts), heap=heap_mode(cfg.retain_heap),
     )
     hit = cache.get(key)

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..options import DATA_SET_NAMES
 
 __all__ = [
     "DATA_SETS", "FASHION_MNIST_ROOT", "DigitCanvas", "FashionMNIST", "fashion_mnist_arrays", "image_folder", "load_data",
@@ -251,6 +252,7 @@ DATA_SETS = {
     "fashion-mnist": _fashion_sets(canvas=False),
     "fashion-mnist-canvas": _fashion_sets(canvas=True),
 }
+assert sorted(DATA_SETS) == sorted(DATA_SET_NAMES)
 
 
 def load_data(cfg, train_size: int, val_size: int) -> Tuple[Dataset, Dataset, int]:

@@ -35,7 +35,7 @@ from ..spec import ArchSpec
 from .train import TrainProxyConfig
 from .zero_cost import PROXIES, ProxyConfig
 
-__all__ = ["FidelityPlan", "analyse", "plan_units", "run_units", "write_specs"]
+__all__ = ["FidelityPlan", "analyse", "plan_units", "run_study", "run_units", "write_report", "write_specs"]
 
 RUNS_FILE, SPECS_FILE = "runs.jsonl", "specs.json"
 
@@ -231,6 +231,9 @@ def run_units(
         plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, data_root=data_root))
     todo = [u for u in units if u["id"] not in done_ids(out)]
     path = out / RUNS_FILE
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a", encoding="utf-8") as f:  # a line cut short by a kill stays alone on its line
+            f.write("\n")
     stop_at = None if deadline_s is None else time.monotonic() + deadline_s
     done = 0
 
@@ -428,6 +431,8 @@ def analyse(out: Path, *, command: str = "") -> dict:
         "scaling": _scaling_subset(plan, runs),
         "devices": sorted({r["device"] for r in runs}),
         "units": len(runs),
+        "units_planned": len(plan_units(plan, specs)),
+        "complete": len(common) == plan.n and len(h_common) == plan.n_holdout,
     }
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
@@ -520,6 +525,11 @@ def write_report(result: dict, out: Path) -> Path:
         f"# Proxy fidelity on `{result['space']}` ({result['n_specs']} specs + {ch['n_holdout']} held out)\n",
         f"Regenerate: `{result['command']}`. Every finished unit is in `runs.jsonl` (a rerun resumes from it); "
         f"devices: {', '.join(result['devices'])}.\n",
+        *([] if result["complete"] else [
+            f"**Status: incomplete.** {result['n_specs']} of {plan['n']} specs and {ch['n_holdout']} of "
+            f"{plan['n_holdout']} hold-out specs have both reference runs ({result['units']} of "
+            f"{result['units_planned']} units finished); every figure below is on those specs only and the choice is "
+            "preliminary. Rerun the command to continue: finished units are kept.\n"]),
         "## Set-up\n",
         f"* Data: `{t['data']}` (real Fashion-MNIST photos, 10 classes, chance 0.10), {t['train_size']} training and "
         f"{t['val_size']} validation images at {t['resolution']} px.",
@@ -570,3 +580,34 @@ def write_report(result: dict, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def run_study(
+    plan: FidelityPlan,
+    out: Path,
+    *,
+    command: str = "",
+    kinds: Sequence[str] = ("train", "zero_cost", "cpu_cost"),
+    accelerator: str = "cpu",
+    workers: int = 1,
+    data_root: Optional[str] = None,
+    deadline_s: Optional[float] = None,
+    analyse_only: bool = False,
+    progress: Optional[Callable[[dict, int], None]] = None,
+) -> dict:
+    """Run the study's missing units of ``kinds`` (resuming ``out``), then analyse and write the report.
+
+    ``progress(record, total)`` is called after every finished (or failed: ``record["error"]``) unit.
+    """
+    out = Path(out)
+    if not analyse_only:
+        specs = write_specs(plan, out)
+        units = plan_units(plan, specs, kinds=kinds)
+        total = len(units) - len(done_ids(out) & {u["id"] for u in units})
+        run_units(out, units, accelerator=accelerator, workers=workers, data_root=data_root, deadline_s=deadline_s,
+                  progress=(lambda rec: progress(rec, total)) if progress else None)
+    if not (out / RUNS_FILE).exists():
+        raise ConfigError("--out", f"{out / RUNS_FILE}: no finished units to analyse")
+    result = analyse(out, command=command)
+    result["report"] = str(write_report(result, out))
+    return result

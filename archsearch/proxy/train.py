@@ -7,6 +7,7 @@ history then goes to the trial's user attributes).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,39 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .. import _scoped
 from ..build import build_model
-from ..errors import ConfigError
 from ..spec import ArchSpec
-from ._scaling import DataRule, ScalingRule
-from .data import DATA_SETS, load_data
+from ..options import TrainProxyConfig
+from .data import load_data
 
 __all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
-
-
-@dataclass(frozen=True)
-class TrainProxyConfig(ScalingRule, DataRule):
-    #: Scaling rule (inherited, shared with the zero-cost proxies): the trained network is
-    #: ``self.scaled(spec)``. Defaults validated on the built-in task: a quarter-width, depth-2 FastViT-T8
-    #: reaches val top-1 0.56-0.76 after 500 steps at lr 3e-3 (73-74 s on 2 cores; chance 0.10). At 1/8
-    #: width, depth 1, 300 steps, lr 2e-3 it stayed at 0.12, and at lr 2e-3 with these widths it reached 0.28.
-    resolution: int = 64
-    steps: int = 500
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    val_every: int = 100
-    train_size: int = 4096
-    val_size: int = 512
-    seed: int = 0
-    accelerator: str = "cpu"
-    devices: int = 1
-    progress_bar: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._require_positive("resolution", "steps", "batch_size", "val_every", "train_size", "val_size")
-        if self.data == "noise" or not self.data.strip():
-            raise ConfigError("data", f"{self.data!r}: training needs one of {', '.join(DATA_SETS)} or an ImageFolder path")
 
 
 @dataclass
@@ -68,12 +43,21 @@ class TrainResult:
         return asdict(self)
 
 
+def _quiet_lightning():
+    # Lightning announces devices, tips and data-loader advice on every Trainer; a proxy trains hundreds
+    # of times. Its loggers are quieted for the call only.
+    import warnings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(_scoped.log_levels({n: logging.WARNING for n in ("lightning", "lightning.pytorch", "lightning.fabric")}))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    return stack
+
+
 def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None) -> TrainResult:
     import lightning as L
-
-    # Lightning announces devices and tips on every Trainer; a proxy trains hundreds of times.
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
     cfg = config or TrainProxyConfig()
     scaled = cfg.scaled(spec)
@@ -130,15 +114,17 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
     module = ProxyModule()
-    trainer = L.Trainer(
-        max_steps=cfg.steps, accelerator=cfg.accelerator, devices=cfg.devices, logger=False, enable_checkpointing=False,
-        enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
-        val_check_interval=min(cfg.val_every, len(train_loader)), check_val_every_n_epoch=None, deterministic=False,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
-    if not history or history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False)
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            max_steps=cfg.steps, accelerator=cfg.accelerator, devices=cfg.devices, logger=False, enable_checkpointing=False,
+            enable_progress_bar=cfg.progress_bar, enable_model_summary=False, num_sanity_val_steps=0,
+            val_check_interval=min(cfg.val_every or cfg.steps, len(train_loader)), check_val_every_n_epoch=None,
+            deterministic=False,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, train_loader, val_loader)
+        if not history or history[-1]["step"] != trainer.global_step:
+            trainer.validate(module, val_loader, verbose=False)
     final = history[-1]
     return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss,
                        module.loss_sum, history, time.perf_counter() - start, asdict(cfg), scaled.spec_hash)

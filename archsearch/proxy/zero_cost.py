@@ -25,24 +25,9 @@ import torch.nn.functional as F
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec
-from ._scaling import DataRule, ScalingRule
+from ..options import ProxyConfig
 
 __all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
-
-
-@dataclass(frozen=True)
-class ProxyConfig(ScalingRule, DataRule):
-    """How a spec is scored: the scaling rule (width, depth, resolution), its batch (data), and seed."""
-
-    data: str = "noise"
-    resolution: int = 64
-    batch_size: int = 16
-    num_classes: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._require_positive("resolution", "batch_size", "num_classes")
 
 
 @dataclass(frozen=True)
@@ -63,8 +48,9 @@ def proxy_batch(cfg: ProxyConfig, in_chans: int = 3) -> tuple[torch.Tensor, torc
     if cfg.data != "noise":
         from .data import load_data
 
-        train, _, _ = load_data(cfg, max(cfg.batch_size, 512), 1)
-        idx = torch.randperm(len(train), generator=g)[: cfg.batch_size].tolist()
+        # The first batch_size images of the data set's fixed subset, in a seeded order.
+        train, _, _ = load_data(cfg, cfg.batch_size, 1)
+        idx = torch.randperm(len(train), generator=g).tolist()
         x, y = zip(*(train[i] for i in idx))
         return torch.stack(x)[:, :in_chans].contiguous(), torch.tensor(y)
     x = torch.randn(cfg.batch_size, in_chans, cfg.resolution, cfg.resolution, generator=g)

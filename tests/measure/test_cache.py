@@ -3,7 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from archsearch.measure import MeasureCache, MeasureOptions, Measurer
+from archsearch.measure import MeasureCache
+from archsearch.metrics import Measurer
+from archsearch.options import MeasureOptions
 from archsearch.references import get_reference
 
 
@@ -19,13 +21,13 @@ def test_put_get_and_disabled(tmp_path):
 
 
 def test_repeated_measurement_is_a_lookup(tmp_path, monkeypatch):
-    from archsearch import measure
+    from archsearch.measure import flops
 
     cache = MeasureCache(tmp_path / "c.sqlite")
     m = Measurer(MeasureOptions(), cache)
     spec = get_reference("fastvit_t8").spec
     first = m.measure(spec, 64, ["params", "macs", "tokens"])
-    monkeypatch.setattr(measure, "count_complexity", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recounted")))
+    monkeypatch.setattr(flops, "count_complexity", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recounted")))
     assert Measurer(MeasureOptions(), cache).measure(spec, 64, ["params", "macs", "tokens"]) == first
 
 

@@ -12,7 +12,7 @@ from archsearch.proxy import PROXIES, ProxyConfig, score_proxy
 from archsearch.proxy.zero_cost import naswot, synflow
 from archsearch.references import get_reference
 
-CFG = ProxyConfig(width_mult=0.25, max_depth=1, resolution=32, batch_size=8)
+CFG = ProxyConfig(width_mult=0.25, max_depth=1, resolution=32, batch_size=8, data="noise")
 
 
 def _mlp(dead: bool = False) -> nn.Module:
@@ -51,14 +51,14 @@ def test_deterministic_for_a_seed(name):
     a, b = score_proxy(spec, name, CFG), score_proxy(spec, name, CFG)
     assert a.score == b.score and math.isfinite(a.score)
     assert a.config["width_mult"] == 0.25 and a.scored_spec_hash != spec.spec_hash  # the scaling rule is logged
-    other = score_proxy(spec, name, ProxyConfig(width_mult=0.25, max_depth=1, resolution=32, batch_size=8, seed=1))
+    other = score_proxy(spec, name, ProxyConfig(width_mult=0.25, max_depth=1, resolution=32, batch_size=8, seed=1, data="noise"))
     assert other.score != a.score
 
 
 def test_wider_net_does_not_get_lower_synflow():
     spec = get_reference("fastvithd").spec
-    narrow = score_proxy(spec, "synflow", ProxyConfig(width_mult=0.125, max_depth=1, resolution=32))
-    wide = score_proxy(spec, "synflow", ProxyConfig(width_mult=0.25, max_depth=1, resolution=32))
+    narrow = score_proxy(spec, "synflow", ProxyConfig(width_mult=0.125, max_depth=1, resolution=32, data="noise"))
+    wide = score_proxy(spec, "synflow", ProxyConfig(width_mult=0.25, max_depth=1, resolution=32, data="noise"))
     assert wide.score >= narrow.score
 
 

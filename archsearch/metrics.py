@@ -1,0 +1,268 @@
+"""The one metric registry: every named quantity ``measure``, a search and an ablation can ask for.
+
+A :class:`Metric` is a name (what ``--metrics`` and an ablation's ``metrics:`` list say), a function of
+(measurer, spec, resolution) returning part of a row, and the objective values it puts in that row with
+their natural direction (what a search's ``objectives:`` and ``constraints:`` name). The hardware
+families come from :mod:`archsearch.measure`, the accuracy signals from :mod:`archsearch.proxy`; the
+:class:`Measurer` runs them, caches every result on disk keyed by everything that decides it, and returns
+plain numbers with the conditions they were taken under.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import ConfigError
+from .measure.cache import MeasureCache
+from .options import MeasureOptions
+from .spec import ArchSpec, Resolution, parse_resolution
+
+__all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_metrics", "resolve_objective"]
+
+_ZERO_COST = ("synflow", "naswot", "grad_norm", "snip")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    compute: Callable[["Measurer", ArchSpec, Tuple[int, int]], dict]
+    #: Objective values this metric puts in a row -> their natural direction.
+    objectives: Dict[str, str]
+    doc: str = ""
+
+
+#: Metrics by name, filled below where each is defined (``@_metric``).
+METRICS: Dict[str, Metric] = {}
+
+
+def _metric(name: str, doc: str, **objectives: str):
+    def register(fn: Callable[["Measurer", ArchSpec, Tuple[int, int]], dict]):
+        METRICS[name] = Metric(name, fn, dict(objectives), doc)
+        return fn
+
+    return register
+
+
+class Measurer:
+    """Measures and caches; one per process is enough (it holds the predictor and the prefill fit)."""
+
+    def __init__(self, options: Optional[MeasureOptions] = None, cache: Optional[MeasureCache] = None) -> None:
+        self.options = options or MeasureOptions()
+        self.cache = cache if cache is not None else MeasureCache()
+        self._predictor = None
+        self._prefill = None
+        self._llm = None
+
+    def _cached(self, key: str, compute: Callable[[], dict]) -> dict:
+        hit = self.cache.get(key)
+        if hit is None:
+            hit = compute()
+            self.cache.put(key, hit)
+        return hit
+
+    # --- metric families --------------------------------------------------------------------
+    def complexity(self, spec: ArchSpec, resolution: Resolution):
+        from .measure.flops import Complexity, count_complexity
+
+        hw = parse_resolution(resolution)
+        key = MeasureCache.key(metric="complexity", spec=spec.spec_hash, resolution=hw, counter=self.options.counter)
+        return Complexity(**self._cached(key, lambda: count_complexity(spec, hw, counter=self.options.counter).to_dict()))
+
+    def latency(self, spec: ArchSpec, resolution: Resolution):
+        from .measure.device import device_fingerprint
+        from .measure.latency import Latency, measure_latency
+
+        hw = parse_resolution(resolution)
+        cfg = self.options.latency
+        key = MeasureCache.key(metric="latency", spec=spec.spec_hash, resolution=hw, device=device_fingerprint(cfg.device),
+                               **cfg.cache_key())
+        return Latency.from_dict(self._cached(key, lambda: measure_latency(spec, hw, cfg).to_dict()))
+
+    @property
+    def predictor(self):
+        if self._predictor is None:
+            from .measure.predictor import LatencyPredictor
+
+            self._predictor = LatencyPredictor(self.options.latency)
+        return self._predictor
+
+    def predicted_latency_ms(self, spec: ArchSpec, resolution: Resolution) -> float:
+        return self.predictor.predict(spec, resolution, measure_missing=True)
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            from .measure.ttft import get_llm
+
+            self._llm = get_llm(self.options.llm)
+        return self._llm
+
+    def prefill_model(self):
+        if self._prefill is None:
+            from .measure.ttft import fit_prefill
+
+            cfg = dataclasses.replace(self.options.latency, warmup=1, repeats=3, time_budget_s=None)
+            self._prefill = fit_prefill(self.llm, config=cfg, cache=self.cache)
+        return self._prefill
+
+    def ttft(self, spec: ArchSpec, resolution: Resolution):
+        from .measure.ttft import measure_ttft
+
+        return measure_ttft(spec, resolution, self.llm, prompt_tokens=self.options.prompt_tokens,
+                            encoder=self.latency(spec, resolution), prefill=self.prefill_model())
+
+    def proxy_score(self, spec: ArchSpec, name: str) -> dict:
+        """A zero-cost proxy's score of ``spec`` (``options.proxy``: scaling rule, data, seed), cached."""
+        from .proxy.zero_cost import score_proxy
+
+        cfg = self.options.proxy
+        key = MeasureCache.key(metric="proxy", name=name, spec=spec.spec_hash, config=dataclasses.asdict(cfg))
+        return self._cached(key, lambda: score_proxy(spec, name, cfg).to_dict())
+
+    def training(self, spec: ArchSpec) -> dict:
+        """One short training of ``spec``'s scaled copy (``options.train``), shared by both training metrics."""
+        from .proxy.train import train_proxy
+
+        cfg = self.options.train
+        key = MeasureCache.key(metric="train", spec=spec.spec_hash, config=cfg.cache_key())
+        return self._cached(key, lambda: train_proxy(spec, cfg).to_dict())
+
+    # --- rows ---------------------------------------------------------------------------------
+    def measure(self, spec: ArchSpec, resolution: Resolution, metrics: Sequence[str]) -> dict:
+        """One flat row: identity, the requested metrics, and each metric's conditions."""
+        hw = parse_resolution(resolution)
+        row: dict = {
+            "spec": spec.name or spec.spec_hash,
+            "spec_hash": spec.spec_hash,
+            "arch": spec.code,
+            "resolution": hw[0] if hw[0] == hw[1] else list(hw),
+        }
+        for name in parse_metrics(metrics):
+            row.update(METRICS[name].compute(self, spec, hw))
+        return row
+
+    def values(self, spec: ArchSpec, resolution: Resolution, objectives: Sequence[str]) -> Tuple[Dict[str, float], dict]:
+        """(objective values by name, the full row) for objective names such as ``macs`` or ``train_loss_sum``."""
+        families = list(dict.fromkeys(metric_of(n) for n in objectives))
+        row = self.measure(spec, resolution, families)
+        return {n: float(row[n]) for n in objectives}, row
+
+
+# --- the registry ----------------------------------------------------------------------------------
+
+def _latency_fields(lat) -> dict:
+    s = lat.stats
+    return {
+        "median_ms": s.median_ms, "q1_ms": s.q1_ms, "q3_ms": s.q3_ms, "iqr_ms": s.iqr_ms, "cv": s.cv,
+        "min_ms": s.min_ms, "max_ms": s.max_ms, "p10_ms": s.p10_ms, **lat.conditions,
+    }
+
+
+@_metric("params", "parameters of the training-form and deploy-form model", params="minimize")
+def _params(m: Measurer, spec: ArchSpec, hw) -> dict:
+    c = m.complexity(spec, hw)
+    return {"params": c.params, "params_deploy": c.params_deploy}
+
+
+@_metric("macs", "multiply-accumulates of the deploy model at batch 1 (counter: options.counter)", macs="minimize")
+def _macs(m: Measurer, spec: ArchSpec, hw) -> dict:
+    c = m.complexity(spec, hw)
+    return {"macs": c.macs, "gmacs": round(c.gmacs, 4), "macs_by_op": c.macs_by_op, "bias_adds": c.bias_adds,
+            "activations": c.activations, "macs_conditions": c.conditions}
+
+
+@_metric("tokens", "visual tokens (output grid) the encoder hands to the LLM", tokens="minimize")
+def _tokens(m: Measurer, spec: ArchSpec, hw) -> dict:
+    return {"tokens": spec.visual_tokens(hw), "grid": list(spec.grid(hw)), "stride": spec.output_stride}
+
+
+@_metric("latency", "measured encoder latency (options.latency)", latency_ms="minimize")
+def _latency(m: Measurer, spec: ArchSpec, hw) -> dict:
+    lat = m.latency(spec, hw)
+    return {"latency_ms": lat.latency_ms, "latency": _latency_fields(lat)}
+
+
+@_metric("predicted_latency", "encoder latency from the per-device block table", predicted_latency_ms="minimize")
+def _predicted(m: Measurer, spec: ArchSpec, hw) -> dict:
+    p = m.predictor
+    return {
+        "predicted_latency_ms": m.predicted_latency_ms(spec, hw),
+        "predicted_latency": {"table": str(p.path), "statistic": p.statistic, "scale": p.scale, "exponent": p.exponent,
+                              "probe_ms": p.probe_ms, "backend": p.config.backend, "threads": p.config.threads},
+    }
+
+
+@_metric("ttft", "time to first token: encoder latency + fitted LLM prefill of its tokens", ttft_ms="minimize")
+def _ttft(m: Measurer, spec: ArchSpec, hw) -> dict:
+    t = m.ttft(spec, hw)  # times the encoder once (cached), and hands it to measure_ttft
+    return {
+        "ttft_ms": t.ttft_ms,
+        "ttft": {
+            "encoder_ms": t.encoder_ms, "prefill_ms": t.prefill_ms, "visual_tokens": t.visual_tokens,
+            "prompt_tokens": t.prompt_tokens, "llm": t.conditions["llm"],
+            "encoder": {**t.conditions["encoder"], "median_ms": t.encoder_ms, "iqr_ms": t.conditions["encoder_iqr_ms"]},
+            "prefill": t.conditions["prefill"],
+        },
+    }
+
+
+def _zero_cost_metric(name: str) -> None:
+    def compute(m: Measurer, spec: ArchSpec, hw) -> dict:
+        s = m.proxy_score(spec, name)
+        return {name: s["score"], f"{name}_conditions": {**s["config"], "seconds": s["seconds"],
+                                                         "scored_spec_hash": s["scored_spec_hash"]}}
+
+    _metric(name, f"zero-cost proxy {name} at initialisation (options.proxy)", **{name: "maximize"})(compute)
+
+
+for _name in _ZERO_COST:
+    _zero_cost_metric(_name)
+
+
+def _train_conditions(r: dict) -> dict:
+    return {**r["config"], "seconds": r["seconds"], "trained_spec_hash": r["trained_spec_hash"], "history": r["history"]}
+
+
+@_metric("train_top1", "validation top-1 after options.train.steps of training", train_top1="maximize")
+def _train_top1(m: Measurer, spec: ArchSpec, hw) -> dict:
+    r = m.training(spec)
+    return {"train_top1": r["val_top1"], "train": _train_conditions(r)}
+
+
+@_metric("train_loss_sum", "sum of the training losses over options.train.steps (training-speed estimator)",
+         train_loss_sum="minimize")
+def _train_loss_sum(m: Measurer, spec: ArchSpec, hw) -> dict:
+    r = m.training(spec)
+    return {"train_loss_sum": r["loss_sum"], "train": _train_conditions(r)}
+
+
+#: Objective / constraint names -> the metric that produces them.
+OBJECTIVES: Dict[str, str] = {obj: metric.name for metric in METRICS.values() for obj in metric.objectives}
+
+
+def metric_of(objective: str, key: str = "objective") -> str:
+    """The metric that produces ``objective`` (``macs`` -> ``macs``, ``latency_ms`` -> ``latency``)."""
+    if objective not in OBJECTIVES:
+        raise ConfigError(key, f"{objective!r} is not one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective]
+
+
+def resolve_objective(objective: str, key: str = "objective") -> Tuple[str, str]:
+    """(metric name, natural direction) of an objective name."""
+    metric = metric_of(objective, key)
+    return metric, METRICS[metric].objectives[objective]
+
+
+def parse_metrics(text: str | Sequence[str]) -> List[str]:
+    """Metric names from ``a,b,c`` or a list; an objective name (``latency_ms``) means its metric."""
+    names = [n.strip() for n in text.split(",")] if isinstance(text, str) else [str(n).strip() for n in text]
+    names = [n for n in names if n]
+    if not names:
+        raise ConfigError("metrics", "no metric given")
+    out = []
+    for n in names:
+        if n not in METRICS and n not in OBJECTIVES:
+            raise ConfigError("metrics", f"{n!r} is not one of: {', '.join(METRICS)}")
+        out.append(n if n in METRICS else OBJECTIVES[n])
+    return list(dict.fromkeys(out))

@@ -1,0 +1,187 @@
+"""Every measurement option and its default, defined once.
+
+The experiment files (``measure:`` in ``trials/*.yaml`` and ablations), the command line and Python
+callers all build these dataclasses, so a default changes here and nowhere else (a test pins that the
+three agree). Torch-free: loading and validating a config imports no framework.
+
+The accuracy defaults come from the fidelity study in ``analysis/proxy_fidelity`` (real Fashion-MNIST
+images, specs of ``search_spaces/fastvithd.yaml``, a quarter-width copy with depth cap 4 at 128 px): by its
+rule (the cheapest signal reaching min(0.6, 0.8 x noise ceiling)) that is ``naswot`` on one batch of 64
+real images, and among the training signals ``train_loss_sum`` over 50 steps ranked best for its cost.
+The study is still incomplete (see its report): these are its preliminary choices.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from .errors import ConfigError
+from .spec import ArchSpec
+
+__all__ = [
+    "COUNTER_NAMES", "DATA_SET_NAMES", "LATENCY_BACKEND_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
+    "ProxyConfig", "ScalingRule", "TrainProxyConfig",
+]
+
+#: Names of the registries filled where each entry is defined (``measure.flops.COUNTERS``,
+#: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
+COUNTER_NAMES = ("fast", "fvcore", "ptflops")
+LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime")
+DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits")
+
+
+def _require(obj, lo: int, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) < lo:
+            raise ConfigError(key, f"must be >= {lo}, got {getattr(obj, key)}")
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    backend: str = "torch-cpu"
+    #: Intra-op threads (torch and ONNX Runtime); default: every core of this machine.
+    threads: int = field(default_factory=lambda: os.cpu_count() or 1)
+    warmup: int = 3
+    repeats: int = 10
+    batch: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    #: Stop timing once this many seconds are spent (after at least 3 repeats); None: all repeats.
+    time_budget_s: Optional[float] = None
+    #: Keep freed heap memory mapped while timing (glibc), so forwards do not pay page faults; see
+    #: :mod:`archsearch.measure._heap`. False times the allocator's default behaviour.
+    retain_heap: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backend not in LATENCY_BACKEND_NAMES:
+            raise ConfigError("backend", f"{self.backend!r} is not one of: {', '.join(LATENCY_BACKEND_NAMES)}")
+        for key, lo in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
+            _require(self, lo, key)
+        if self.compile and self.backend == "onnxruntime":
+            raise ConfigError("compile", "torch.compile does not apply to the onnxruntime backend")
+
+    @property
+    def device(self) -> str:
+        """``cuda`` or ``cpu``: where this backend runs."""
+        return "cuda" if self.backend == "cuda" else "cpu"
+
+    def cache_key(self) -> dict:
+        d = asdict(self)
+        d.pop("time_budget_s")
+        return d
+
+
+@dataclass(frozen=True)
+class ScalingRule:
+    """Width factor, depth cap and width rounding; logged with every proxy score so it can be rerun.
+
+    Quarter width and depth cap 4: a cap of 2 turns FastViTHD's depths 2-12-24-4-2 into 2-2-2-2-2 and
+    erases the depth choices a search makes; the fidelity study's scaling subset compares the caps.
+    """
+
+    width_mult: float = 0.25
+    max_depth: Optional[int] = 4
+    round_to: int = 8
+
+    def __post_init__(self) -> None:
+        if self.width_mult <= 0:
+            raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
+        if self.max_depth is not None and self.max_depth < 1:
+            raise ConfigError("max_depth", f"must be >= 1, got {self.max_depth}")
+        _require(self, 1, "round_to")
+
+    def scaled(self, spec: ArchSpec) -> ArchSpec:
+        """The spec itself when the rule is the identity (factor 1, no cap), else ``spec.scaled``."""
+        if self.width_mult == 1.0 and self.max_depth is None:
+            return spec
+        return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
+
+
+@dataclass(frozen=True)
+class DataRule:
+    """Which images a proxy sees; shared by the zero-cost proxies (one batch) and the training proxy.
+
+    ``fashion-mnist`` (real photos, upscaled), ``fashion-mnist-canvas`` (small on a cluttered canvas),
+    ``digits`` (the built-in digit canvas), an ImageFolder path (training only), or ``noise`` (a Gaussian
+    batch; zero-cost proxies only). Zero-cost proxies invert on synthetic data (White et al., 2022).
+    """
+
+    data: str = "fashion-mnist"
+    #: Directory holding Fashion-MNIST's IDX files (default: where Debian's package puts them).
+    data_root: Optional[str] = None
+    #: Digit size of the digit canvas; bright bars on either canvas.
+    digit_px: int = 32
+    clutter: int = 2
+
+
+@dataclass(frozen=True)
+class ProxyConfig(ScalingRule, DataRule):
+    """How a zero-cost proxy scores a spec: the scaling rule, input side, batch (data) and seed."""
+
+    resolution: int = 128
+    batch_size: int = 64
+    num_classes: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self, 1, "resolution", "batch_size", "num_classes")
+
+
+@dataclass(frozen=True)
+class TrainProxyConfig(ScalingRule, DataRule):
+    """Short training of the scaled copy ``self.scaled(spec)``: data, input side, budget, optimiser, seed.
+
+    ``steps`` is the budget of both training metrics: ``train_top1`` (validation top-1 after it) and
+    ``train_loss_sum`` (the sum of the training losses over it; Ru et al., 2021).
+    """
+
+    resolution: int = 128
+    steps: int = 50
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    #: Validate every this many steps (the history); None: once, after the last step.
+    val_every: Optional[int] = None
+    train_size: int = 10000
+    val_size: int = 2000
+    seed: int = 0
+    accelerator: str = "cpu"
+    devices: int = 1
+    progress_bar: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self, 1, "resolution", "steps", "batch_size", "train_size", "val_size", "devices")
+        if self.val_every is not None:
+            _require(self, 1, "val_every")
+        if self.data == "noise" or not self.data.strip():
+            raise ConfigError("data", f"{self.data!r}: training needs one of {', '.join(DATA_SET_NAMES)} "
+                                      "or an ImageFolder path")
+
+    def cache_key(self) -> dict:
+        """What decides a training's numbers (not how it is displayed)."""
+        d = asdict(self)
+        d.pop("progress_bar")
+        return d
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """Every option of every metric: the ``measure:`` section of an experiment file."""
+
+    counter: str = "fast"
+    llm: str = "qwen2-0.5b"
+    prompt_tokens: int = 32
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    #: Zero-cost proxies (synflow, naswot, grad_norm, snip).
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    #: Training metrics (train_top1, train_loss_sum).
+    train: TrainProxyConfig = field(default_factory=TrainProxyConfig)
+
+    def __post_init__(self) -> None:
+        if self.counter not in COUNTER_NAMES:
+            raise ConfigError("counter", f"{self.counter!r} is not one of: {', '.join(COUNTER_NAMES)}")
+        if self.prompt_tokens < 0:
+            raise ConfigError("prompt_tokens", f"must be >= 0, got {self.prompt_tokens}")

@@ -1,0 +1,57 @@
+"""The fidelity study: resumable units, the statistics it reports, and its output keys."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from archsearch.options import TrainProxyConfig
+from archsearch.proxy import fidelity
+
+from .test_data import write_fashion
+
+
+def test_statistics_on_hand_made_rankings():
+    x = [1, 2, 3, 4, 5, 6, 7, 8]
+    assert fidelity._kendall(x, x) == pytest.approx(1.0) and fidelity._kendall(x, x[::-1]) == pytest.approx(-1.0)
+    assert fidelity._top_precision(x, x) == 1.0 and fidelity._top_precision(x, x[::-1]) == 0.0
+    # A signal that is only "size" carries nothing once size is partialled out.
+    size = [1, 2, 3, 4, 5, 6, 7, 8]
+    assert fidelity._partial_tau(size, x, size) == pytest.approx(0.0, abs=1e-9)
+    lo, hi = fidelity._bootstrap_tau(x, x, n_boot=200)
+    assert lo <= 1.0 <= hi + 1e-9
+
+
+def test_small_study_runs_resumes_and_reports(tmp_path):
+    write_fashion(tmp_path / "fm", n_train=64, n_val=32)
+    plan = fidelity.FidelityPlan(
+        space="search_spaces/fastvit.yaml", n=4, n_holdout=1,
+        train=TrainProxyConfig(data="fashion-mnist", resolution=32, max_depth=1, width_mult=0.125, batch_size=8,
+                               train_size=64, val_size=32),
+        long_steps=6, short_steps=(2, 4), scalings=((32, 1),), n_scaling=4)
+    out = tmp_path / "study"
+    specs = fidelity.write_specs(plan, out)
+    assert len(specs) == 5
+    units = fidelity.plan_units(plan, specs, kinds=("train", "zero_cost"))
+    assert len(units) == 5 * (2 + 2 + 1) and len({u["id"] for u in units}) == len(units)
+    done = fidelity.run_units(out, units[:7], data_root=str(tmp_path / "fm"))
+    assert done == 7 and len(fidelity.done_ids(out)) == 7
+    # A killed run resumes: finished units are not run again.
+    (out / "runs.jsonl").open("a").write('{"id": "cut sho')
+    assert fidelity.run_units(out, units, data_root=str(tmp_path / "fm")) == len(units) - 7
+    assert fidelity.run_units(out, units, data_root=str(tmp_path / "fm")) == 0
+    result = fidelity.analyse(out, command="test")
+    assert result["n_specs"] == 4 and -1 <= result["noise_ceiling_tau"] <= 1
+    for name in ("synflow", "naswot", "grad_norm", "snip", "params", "macs", "train_top1@2", "train_loss_sum@4", "ensemble"):
+        s = result["signals"][name]
+        assert {"tau", "tau_ci", "rho", "cost_s", "tau_partial_params", "top_quarter_precision"} <= set(s)
+        assert s["tau_ci"][0] <= s["tau_ci"][1]
+    assert set(result["chosen"]) >= {"name", "tau_holdout", "n_holdout"} and result["chosen"]["n_holdout"] == 1
+    assert json.loads((out / "fidelity.json").read_text())["specs"]
+    report = fidelity.write_report(result, out).read_text()
+    assert "Noise ceiling" in report and (out / "tau_vs_cost.png").exists()
+    # Another plan in the same directory is refused rather than mixed with these results.
+    other = fidelity.FidelityPlan(space="search_spaces/fastvit.yaml", n=5, n_holdout=1, train=plan.train, long_steps=6,
+                                  short_steps=(2, 4), scalings=((32, 1),))
+    with pytest.raises(Exception, match="another plan"):
+        fidelity.write_specs(other, out)
