@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ArchsearchError, ConfigError
+from .errors import ArchsearchError, ConfigError, mask_secrets
 from .spec import parse_resolution
 
 __all__ = ["main"]
@@ -35,7 +35,7 @@ def _command(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 
 
 def _warn(message: str) -> None:
-    _err.print(f"warning: {message}", markup=False, highlight=False)
+    _err.print(f"warning: {mask_secrets(message)}", markup=False, highlight=False)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -408,11 +408,11 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     except KeyboardInterrupt:
         done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
         _err.print(f"archsearch: interrupted; {done} finished trials of {cfg.study!r} are kept in "
-                   f"{runner.url.split('@')[-1]}; run the same command to continue", markup=False, highlight=False)
+                   f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
         return 130
     result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
     _out.print(
-        f"study {cfg.study!r} in {runner.url.split('@')[-1]}: ran {result.ran} trials here; "
+        f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
         + ", ".join(f"{v} {k.lower()}" for k, v in result.states.items() if v)
         + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
         + ("" if runner.tracker.enabled else " (MLflow tracking off)")
@@ -680,7 +680,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args._run(args)
     except ArchsearchError as e:
-        _err.print(f"archsearch {args.command}: error: {e}", markup=False, highlight=False, soft_wrap=True)
+        _err.print(f"archsearch {args.command}: error: {mask_secrets(e)}", markup=False, highlight=False, soft_wrap=True)
         if args.debug:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)

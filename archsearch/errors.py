@@ -5,7 +5,21 @@ and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["ArchsearchError", "ConfigError", "InvalidSample"]
+__all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "mask_secrets"]
+
+
+import re
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)")
+
+
+def mask_secrets(text: str) -> str:
+    """``postgresql://user:S3cret@host/db`` -> ``postgresql://user:***@host/db`` wherever it occurs in ``text``.
+
+    Storage and tracking URLs appear in messages, log lines, MLflow tags and study attributes; none of
+    them may show a password.
+    """
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
 
 
 class ArchsearchError(Exception):

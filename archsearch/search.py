@@ -29,7 +29,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from . import _scoped
-from .errors import ConfigError, InvalidSample
+from .errors import ConfigError, InvalidSample, mask_secrets
 from .metrics import Measurer
 from .references import load_spec
 from .space import SearchSpace, load_space
@@ -76,7 +76,7 @@ def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=cfg.max_retry),
             )
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
-        raise ConfigError("storage", f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
+        raise ConfigError("storage", mask_secrets(f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")) from None
 
 
 def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> optuna.Study:
@@ -92,12 +92,12 @@ def _open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> o
             study_name=cfg.study, storage=storage, directions=directions, sampler=_sampler(cfg, seed), load_if_exists=True
         )
     except Exception as e:  # noqa: BLE001
-        raise ConfigError("storage", f"cannot open study {cfg.study!r} in {url}: {str(e).splitlines()[0][:200]}") from None
+        raise ConfigError("storage", mask_secrets(f"cannot open study {cfg.study!r} in {url}: {str(e).splitlines()[0][:200]}")) from None
     have = [d.name.lower() for d in study.directions]
     if have != directions:
         raise ConfigError(
-            "objectives", f"study {cfg.study!r} already exists in {url} with directions {have}, not {directions}; "
-            "use another study_name"
+            "objectives", mask_secrets(f"study {cfg.study!r} already exists in {url} with directions {have}, not {directions}; "
+                                       "use another study_name")
         )
     names = [o.name for o in cfg.objectives]
     stored = study.user_attrs.get("objectives")
@@ -105,7 +105,9 @@ def _open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> o
         raise ConfigError("objectives", f"study {cfg.study!r} optimises {stored}, not {names}; use another study_name")
     if study.metric_names != names:
         # optuna-dashboard and optuna.visualization label the objectives with these names.
-        study.set_metric_names(names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return study
 
 
@@ -263,7 +265,7 @@ class SearchRunner:
         if "mlflow_parent_run_id" not in attrs and self.tracker.enabled:
             run_id = self.tracker.start_study(self.cfg.study, {
                 "space": self.space.name, "objectives": ",".join(o.name for o in self.cfg.objectives),
-                "sampler": self.cfg.sampler.name, "n_trials": str(self.cfg.n_trials), "storage": self.url.split("@")[-1],
+                "sampler": self.cfg.sampler.name, "n_trials": str(self.cfg.n_trials), "storage": mask_secrets(self.url),
             })
             if run_id:
                 self.study.set_user_attr("mlflow_parent_run_id", run_id)

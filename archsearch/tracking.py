@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional
 
 from . import _scoped
+from .errors import mask_secrets
 from .trials import TrackingConfig
 
 __all__ = ["Tracker"]
@@ -22,14 +23,20 @@ __all__ = ["Tracker"]
 def _mlflow_scope():
     """MLflow's settings for one tracking call: fail fast on an unreachable server instead of minutes of
     retries, print no "View run / View experiment" lines of its own (a search prints its own progress),
-    and keep its and alembic's INFO lines out; the caller's values are restored after the call."""
+    and keep its and alembic's INFO lines out; the caller's values are restored after the call, including
+    what MLflow changes in its loggers when it is first imported."""
+    quiet = {"mlflow": logging.WARNING, "alembic": logging.WARNING}
     stack = contextlib.ExitStack()
     stack.enter_context(_scoped.env(
         MLFLOW_HTTP_REQUEST_MAX_RETRIES=os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
         MLFLOW_HTTP_REQUEST_TIMEOUT=os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "5"),
         MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT="true",
     ))
-    stack.enter_context(_scoped.log_levels({"mlflow": logging.WARNING, "alembic": logging.WARNING}))
+    stack.enter_context(_scoped.log_levels(quiet))
+    import mlflow  # noqa: F401 - its first import configures its loggers: quiet them again after it
+
+    for name, level in quiet.items():
+        logging.getLogger(name).setLevel(level)
     return stack
 
 
@@ -54,10 +61,10 @@ class Tracker:
 
     def _fail(self, what: str, err: Exception) -> None:
         if self.enabled:
-            self.warn(
+            self.warn(mask_secrets(
                 f"MLflow tracking at {self.config.uri} failed ({what}: {type(err).__name__}: "
                 f"{str(err).splitlines()[0][:160]}); continuing without tracking, the Optuna study keeps every trial"
-            )
+            ))
         self.enabled = False
 
     def _run(self, what: str, fn: Callable[[], object]):

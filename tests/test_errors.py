@@ -96,3 +96,16 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
         assert "Traceback" not in proc.stderr
         lines = [l for l in proc.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and expected in lines[0], (args, proc.stderr)
+
+
+def test_passwords_never_reach_messages(capsys):
+    from archsearch.cli import main
+    from archsearch.errors import mask_secrets
+
+    assert mask_secrets("postgresql://u:S3cret@127.0.0.1:1/x and http://a:b@h") == "postgresql://u:***@127.0.0.1:1/x and http://a:***@h"
+    assert mask_secrets("sqlite:///a.db") == "sqlite:///a.db"
+    from .conftest import ROOT
+
+    code = main(["search", str(ROOT / "trials" / "quickstart.yaml"), "--storage", "postgresql://u:S3cret@127.0.0.1:1/x", "tracking.enabled=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "S3cret" not in err and "u:***@127.0.0.1" in err
