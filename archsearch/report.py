@@ -115,6 +115,42 @@ def _fmt(v) -> str:
     return f"{v:,.2f}" if isinstance(v, float) else str(v)
 
 
+#: Accuracy signals an ablation can carry: (column, what it is, higher is better?).
+_ACCURACY = (("naswot", "naswot at initialisation", True), ("synflow", "synflow at initialisation", True),
+             ("train_top1", "validation top-1 after training", True),
+             ("train_loss_sum", "sum of training losses (lower trains faster)", False))
+
+
+def _accuracy_section(rows: List[dict], measure: dict) -> List[str]:
+    """One row per variant: accuracy signals do not depend on the measured resolution (they are taken on the
+    proxy's scaled copy at its own input side), so they are reported apart from the per-resolution table."""
+    cols = [(c, what, up) for c, what, up in _ACCURACY if any(c in r for r in rows)]
+    if not cols:
+        return []
+    p, t = measure.get("proxy", {}), measure.get("train", {})
+    setting = []
+    if any(c in ("naswot", "synflow") for c, _, _ in cols):
+        setting.append(f"zero-cost proxies on a copy with widths x{p.get('width_mult')}, depth cap {p.get('max_depth')}, "
+                       f"one batch of {p.get('batch_size')} `{p.get('data')}` images at {p.get('resolution')} px (seed {p.get('seed')})")
+    if any(c.startswith("train_") for c, _, _ in cols):
+        setting.append(f"training of a copy with widths x{t.get('width_mult')}, depth cap {t.get('max_depth')} on "
+                       f"`{t.get('data')}` at {t.get('resolution')} px for {t.get('steps')} steps (batch {t.get('batch_size')}, "
+                       f"seed {t.get('seed')})")
+    md = ["", "## Accuracy signals", "",
+          "Per variant (they do not depend on the measured resolution): " + "; ".join(setting) + ". These are the "
+          "signals the fidelity study in `analysis/proxy_fidelity` ranks; read differences smaller than its "
+          "seed-to-seed spread as ties.", "",
+          "| variant | " + " | ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, _, up in cols) + " |",
+          "| --- |" + " ---: |" * len(cols)]
+    seen = set()
+    for r in rows:
+        if r["variant"] in seen:
+            continue
+        seen.add(r["variant"])
+        md.append(f"| {r['variant']} | " + " | ".join(_fmt(r.get(c, "")) for c, _, _ in cols) + " |")
+    return md
+
+
 def report_ablation(directory: Path, out: Path) -> Path:
     directory, out = Path(directory), Path(out)
     if not (directory / "ablation.json").exists():
@@ -144,8 +180,9 @@ def report_ablation(directory: Path, out: Path) -> Path:
           "| variant | arch | description |", "| --- | --- | --- |"]
     md += [f"| {v['name']} | {v['arch']} | {v.get('description', '')} |" for v in meta["variants"]]
     m = meta.get("measure", {})
+    lat = m.get("latency", m)
     md += ["", "## Results", "",
-           f"Latency: median of {m.get('repeats')} runs after {m.get('warmup')} warm-up, {rows[0].get('latency_backend', '')}, "
+           f"Latency: median of {lat.get('repeats')} runs after {lat.get('warmup')} warm-up, {rows[0].get('latency_backend', '')}, "
            f"{rows[0].get('latency_threads', '')} threads, reparameterized, denormals flushed, batch 1 (IQR: interquartile range)."
            if "latency_ms" in rows[0] else "",
            f"TTFT: encoder latency + {rows[0].get('llm', '')} prefill of the visual tokens + {rows[0].get('prompt_tokens', '')} "
@@ -153,6 +190,7 @@ def report_ablation(directory: Path, out: Path) -> Path:
            "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in rows:
         md.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    md += _accuracy_section(rows, m)
     extrapolated = [f"{r['variant']} at {r['resolution']} px" for r in rows if str(r.get("prefill_extrapolated")) == "True"]
     if extrapolated:
         md += ["", "Prefill extrapolated beyond the largest fitted token count (2048) for: " + ", ".join(extrapolated) + "."]
