@@ -417,6 +417,11 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
         + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
         + ("" if runner.tracker.enabled else " (MLflow tracking off)")
     )
+    if result.failed_only:
+        _err.print(f"archsearch {'worker' if worker else 'search'}: error: no trial finished in this run and "
+                   f"{result.states_here['FAIL']} failed; last error: {mask_secrets(result.last_error or '?')}",
+                   markup=False, highlight=False, soft_wrap=True)
+        return 1
     names = [o.name for o in cfg.objectives]
     table = Table(title="Pareto front")
     for col in ("trial", "arch", "res", *names, "FastViTHD-like", "dominates"):

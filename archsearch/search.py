@@ -170,6 +170,15 @@ class SearchResult:
     states: Dict[str, int] = field(default_factory=dict)
     pareto: list = field(default_factory=list)
     complete: bool = False
+    #: Trials this process ended, by state, and the last error among its failed ones.
+    states_here: Dict[str, int] = field(default_factory=dict)
+    last_error: Optional[str] = None
+
+    @property
+    def failed_only(self) -> bool:
+        """This run failed trials and finished none: the command should not report success."""
+        done = self.states_here.get("COMPLETE", 0) + self.states_here.get("PRUNED", 0)
+        return self.states_here.get("FAIL", 0) > 0 and done == 0
 
 
 class SearchRunner:
@@ -196,6 +205,9 @@ class SearchRunner:
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
         self._last_state: Optional[TrialState] = None
+        #: Trials this process ended, by state, and the last error among them (for the run's exit status).
+        self.states_here: Dict[str, int] = {}
+        self.last_error: Optional[str] = None
 
     # --- evaluation -----------------------------------------------------------------------------
     def _metric_names(self) -> List[str]:
@@ -273,8 +285,10 @@ class SearchRunner:
 
     def _log_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self._last_state = trial.state  # this process's trial (with many workers the study's last may not be)
+        self.states_here[trial.state.name] = self.states_here.get(trial.state.name, 0) + 1
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("error", "interrupted or failed outside the measurement")
+            self.last_error = reason.splitlines()[0]
             self.warn(f"trial {trial.number} failed: {reason.splitlines()[0]}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))
         if trial.values:
@@ -354,6 +368,8 @@ class SearchRunner:
                         self.tracker.finish_study(self.parent_run_id)
                         study.set_user_attr("mlflow_parent_finished", True)
         result.complete = complete
+        result.states_here = dict(self.states_here)
+        result.last_error = self.last_error
         return result
 
 

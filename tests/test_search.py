@@ -361,3 +361,18 @@ def test_train_proxy_objective(tmp_path):
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert done and all(0.0 <= t.values[0] <= 1.0 for t in done)
     assert all("train_top1" in t.user_attrs["metrics"] for t in done)
+
+
+def test_a_run_that_only_failed_exits_non_zero(tmp_path):
+    # Every trial fails (no CUDA device here): the command says why in one line and exits 1, not 0.
+    path = _experiment(tmp_path, objectives="[{name: latency_ms}]", n_trials=4)
+    proc = _cli(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false", "max_consecutive_failures=2"],
+                tmp_path)
+    out, err = proc.communicate(timeout=300)
+    if proc.returncode == 0 and "cuda" not in err:
+        pytest.skip("this machine has a CUDA device: the trials do not fail")
+    assert proc.returncode == 1, (out, err)
+    line = [l for l in err.splitlines() if "error:" in l]
+    assert len(line) == 1 and "no trial finished in this run and 2 failed" in line[0]
+    assert "CUDA" in line[0] or "NVIDIA" in line[0]
+    assert "Traceback" not in err
