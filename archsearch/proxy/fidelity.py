@@ -111,9 +111,14 @@ def write_specs(plan: FidelityPlan, out: Path) -> List[ArchSpec]:
     return specs
 
 
+#: Training options a plan does not use to decide its numbers: the budgets and validation points come from
+#: the plan, the device and the data's location from the machine that runs a unit.
+_NOT_IDENTITY = ("steps", "val_every", "data_root", "accelerator", "devices", "progress_bar")
+
+
 def _identity(plan: dict) -> dict:
-    """A plan without where its data lies (another machine's copy of the same files is the same study)."""
-    return {**plan, "train": {k: v for k, v in plan["train"].items() if k != "data_root"}}
+    """What makes two plans the same study (another machine's copy of the same files is the same study)."""
+    return {**plan, "train": {k: v for k, v in plan["train"].items() if k not in _NOT_IDENTITY}}
 
 
 def load_specs(out: Path) -> Tuple[FidelityPlan, List[ArchSpec]]:

@@ -1,6 +1,7 @@
 """The fidelity study: resumable units, the statistics it reports, and its output keys."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -55,3 +56,7 @@ def test_small_study_runs_resumes_and_reports(tmp_path):
                                   short_steps=(2, 4), scalings=((32, 1),))
     with pytest.raises(Exception, match="another plan"):
         fidelity.write_specs(other, out)
+    # ... but not a plan that differs only in what it does not use (budget fields, device, data location).
+    same = dataclasses.replace(plan, train=dataclasses.replace(plan.train, steps=999, val_every=7, data_root="/x",
+                                                               accelerator="cuda"))
+    assert len(fidelity.write_specs(same, out)) == 5
