@@ -8,8 +8,8 @@ conditions, plus one MLflow run per row under one parent run.
 from __future__ import annotations
 
 import csv
-import logging
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -217,8 +217,7 @@ def measure_options(args: argparse.Namespace):
 
     data = apply_overrides({}, getattr(args, "overrides", []) or [], source="KEY=VALUE")
     options = from_data(MeasureOptions, data or {})
-    given = {k: getattr(args, a) for k, a in (("counter", "counter"), ("llm", "llm"), ("prompt_tokens", "prompt_tokens"))
-             if getattr(args, a, None) is not None}
+    given = {k: getattr(args, k) for k in ("counter", "llm", "prompt_tokens") if getattr(args, k, None) is not None}
     options = dataclasses.replace(options, latency=_latency_config(args, options.latency), **given)
     if getattr(args, "data_root", None):
         options = dataclasses.replace(options, train=dataclasses.replace(options.train, data_root=args.data_root),
@@ -231,9 +230,14 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", "-r", default="1024", help="comma-separated sides or HxW (default 1024)")
     p.add_argument("--metrics", "-m", default="params,macs,tokens",
                    help="comma-separated metrics of the registry: " + ", ".join(_metric_names()))
-    p.add_argument("--counter", default=None, help="MAC counter: fast | fvcore | ptflops (default fast)")
-    p.add_argument("--llm", default=None, help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML (default qwen2-0.5b)")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="text tokens prefilled with the visual tokens (default 32)")
+    from .options import COUNTER_NAMES, MeasureOptions
+
+    p.add_argument("--counter", default=None,
+                   help=f"MAC counter: {' | '.join(COUNTER_NAMES)} (default {_default(MeasureOptions, 'counter')})")
+    p.add_argument("--llm", default=None, help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML "
+                                               f"(default {_default(MeasureOptions, 'llm')})")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="text tokens prefilled with the visual tokens "
+                                                                   f"(default {_default(MeasureOptions, 'prompt_tokens')})")
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory for the accuracy metrics")
     p.add_argument("--vs", metavar="SPEC", help="also time each spec interleaved with this one: latency ratio")
     p.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
@@ -518,13 +522,15 @@ def _report(args: argparse.Namespace) -> int:
 def _proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
     p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
-    p.add_argument("--width-mult", type=float, default=None, help="scaled copy: width multiplier (default 0.25)")
-    p.add_argument("--max-depth", type=int, default=None, help="scaled copy: depth cap per stage (default 4)")
-    p.add_argument("--resolution", "-r", type=int, default=None, help="input side (default 128)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (train; default 50)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (train; default 3e-3)")
-    p.add_argument("--data", default=None,
-                   help="fashion-mnist (default) | fashion-mnist-canvas | digits | noise (zero-cost only) | ImageFolder root")
+    from .options import TrainProxyConfig as T
+
+    p.add_argument("--width-mult", type=float, default=None, help=f"scaled copy: width multiplier (default {_default(T, 'width_mult')})")
+    p.add_argument("--max-depth", type=int, default=None, help=f"scaled copy: depth cap per stage (default {_default(T, 'max_depth')})")
+    p.add_argument("--resolution", "-r", type=int, default=None, help=f"input side (default {_default(T, 'resolution')})")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (train; default {_default(T, 'steps')})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (train; default {_default(T, 'lr')})")
+    p.add_argument("--data", default=None, help=f"fashion-mnist | fashion-mnist-canvas | digits | noise (zero-cost only) | "
+                                                f"ImageFolder root (default {_default(T, 'data')})")
     p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true")
@@ -565,25 +571,33 @@ def _proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+#: proxy-fidelity's plan options: flag -> (where the option lives, its field, its type). Their defaults are
+#: read from FidelityPlan and TrainProxyConfig, never written here.
+_PLAN_FLAGS = {
+    "-n": ("plan", "n", int), "--holdout": ("plan", "n_holdout", int), "--seed": ("plan", "draw_seed", int),
+    "--data": ("train", "data", str), "--resolution": ("train", "resolution", int), "--max-depth": ("train", "max_depth", int),
+    "--width-mult": ("train", "width_mult", float), "--batch-size": ("train", "batch_size", int),
+    "--lr": ("train", "lr", float), "--train-size": ("train", "train_size", int), "--val-size": ("train", "val_size", int),
+    "--long-steps": ("plan", "long_steps", int), "--short-steps": ("plan", "short_steps", str),
+    "--scalings": ("plan", "scalings", str), "--n-scaling": ("plan", "n_scaling", int),
+}
+
+
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    from .proxy.fidelity import FidelityPlan
+    from .proxy.train import TrainProxyConfig
+
     p.add_argument("space", metavar="SPACE.yaml")
     p.add_argument("--out", required=True, help="directory for specs.json, runs.jsonl, fidelity.json, report.md")
-    p.add_argument("-n", type=int, default=30, help="specs that choose the signal (default 30)")
-    p.add_argument("--holdout", type=int, default=10, help="further specs that confirm the choice (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the draw of specs")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | fashion-mnist-canvas | digits | ImageFolder root")
+    for flag, (where, name, kind) in _PLAN_FLAGS.items():
+        default = _default(FidelityPlan if where == "plan" else TrainProxyConfig, name)
+        if name == "short_steps":
+            default = ",".join(map(str, default))
+        elif name == "scalings":
+            default = ",".join(f"{r}x{c or 0}" for r, c in default)
+        names = [flag, "-r"] if flag == "--resolution" else [flag]
+        p.add_argument(*names, dest=f"plan_{name}", metavar=name.upper(), type=kind, default=None, help=f"default {default}")
     p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
-    p.add_argument("--resolution", "-r", type=int, default=128)
-    p.add_argument("--max-depth", type=int, default=4, help="depth cap of the trained copy (0: none)")
-    p.add_argument("--width-mult", type=float, default=0.25)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--train-size", type=int, default=10000)
-    p.add_argument("--val-size", type=int, default=2000)
-    p.add_argument("--long-steps", type=int, default=800, help="the reference's training budget")
-    p.add_argument("--short-steps", default="50,100,200,400", help="budgets of the short-training signals")
-    p.add_argument("--scalings", default="64x2,64x4,128x4", help="RESxCAP of the scaling subset (cap 0: none)")
-    p.add_argument("--n-scaling", type=int, default=8, help="specs in the scaling subset")
     p.add_argument("--kinds", default="train,zero_cost,cpu_cost", help="which units to run here (default all)")
     p.add_argument("--accelerator", default="cpu", help="cpu | cuda: where the training units run")
     p.add_argument("--workers", type=int, default=1, help="processes running units at once")
@@ -609,26 +623,46 @@ def _scalings(text: str) -> tuple:
     return tuple(out)
 
 
+def _fidelity_plan(args: argparse.Namespace):
+    """The plan: FidelityPlan's defaults with the options given; and the full command that rebuilds it."""
+    import dataclasses
+
+    from .proxy.fidelity import FidelityPlan
+
+    plan, train = {"space": args.space}, {}
+    for flag, (where, name, _) in _PLAN_FLAGS.items():
+        value = getattr(args, f"plan_{name}")
+        if value is None:
+            continue
+        if name == "short_steps":
+            value = _int_list(value, flag)
+        elif name == "scalings":
+            value = _scalings(value)
+        elif name == "max_depth":
+            value = value or None
+        (plan if where == "plan" else train)[name] = value
+    base = FidelityPlan()
+    plan = FidelityPlan(**{**plan, "train": dataclasses.replace(base.train, **train)})
+    own = (plan.train.resolution, plan.train.max_depth)
+    if own not in plan.scalings:  # the plan's own scaling is always one of the subset's
+        plan = dataclasses.replace(plan, scalings=plan.scalings + (own,))
+    values = {"plan": plan, "train": plan.train}
+    parts = ["archsearch proxy-fidelity", args.space, "--out", args.out]
+    for flag, (where, name, _) in _PLAN_FLAGS.items():
+        value = getattr(values[where], name)
+        if name == "short_steps":
+            value = ",".join(map(str, value))
+        elif name == "scalings":
+            value = ",".join(f"{r}x{c or 0}" for r, c in value)
+        parts += [flag, str(0 if value is None else value)]
+    return plan, " ".join(parts)
+
+
 @_command("proxy-fidelity", "fidelity study: how well each accuracy signal ranks specs like long training", _fidelity_args)
 def _proxy_fidelity(args: argparse.Namespace) -> int:
     from .proxy import fidelity
-    from .proxy.train import TrainProxyConfig
 
-    cap = args.max_depth or None
-    plan = fidelity.FidelityPlan(
-        space=args.space, n=args.n, n_holdout=args.holdout, draw_seed=args.seed,
-        train=TrainProxyConfig(data=args.data, resolution=args.resolution, max_depth=cap,
-                               width_mult=args.width_mult, batch_size=args.batch_size, lr=args.lr,
-                               train_size=args.train_size, val_size=args.val_size),
-        long_steps=args.long_steps, short_steps=_int_list(args.short_steps, "--short-steps"),
-        scalings=tuple(dict.fromkeys(_scalings(args.scalings) + ((args.resolution, cap),))), n_scaling=args.n_scaling,
-    )
-    command = " ".join(["archsearch proxy-fidelity", args.space, "--out", args.out, "-n", str(args.n), "--holdout",
-                        str(args.holdout), "--seed", str(args.seed), "--data", args.data, "-r", str(args.resolution),
-                        "--max-depth", str(args.max_depth), "--width-mult", str(args.width_mult), "--batch-size",
-                        str(args.batch_size), "--lr", str(args.lr), "--train-size", str(args.train_size), "--val-size",
-                        str(args.val_size), "--long-steps", str(args.long_steps), "--short-steps", args.short_steps,
-                        "--scalings", args.scalings, "--n-scaling", str(args.n_scaling)])
+    plan, command = _fidelity_plan(args)
     with _progress() as progress:
         task = progress.add_task("fidelity units", total=None)
 

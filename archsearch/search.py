@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
+import tempfile
 import time
 import warnings
-import logging
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional
@@ -289,7 +289,7 @@ class SearchRunner:
         if trial.state == TrialState.FAIL:
             reason = trial.user_attrs.get("error", "interrupted or failed outside the measurement")
             self.last_error = reason.splitlines()[0]
-            self.warn(f"trial {trial.number} failed: {reason.splitlines()[0]}; the study goes on")
+            self.warn(f"trial {trial.number} failed: {self.last_error}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))
         if trial.values:
             metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})

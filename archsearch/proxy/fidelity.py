@@ -48,16 +48,16 @@ class FidelityPlan:
     n: int = 30
     n_holdout: int = 10
     draw_seed: int = 0
-    #: The trained copy (scaling rule, data, optimiser); its ``steps`` is ignored (see the budgets below).
-    train: TrainProxyConfig = field(default_factory=lambda: TrainProxyConfig(
-        data="fashion-mnist", resolution=128, max_depth=4, batch_size=64, train_size=10000, val_size=2000))
+    #: The trained copy (scaling rule, data, optimiser: the library's defaults); its ``steps`` and
+    #: ``val_every`` are not used (the budgets below decide them).
+    train: TrainProxyConfig = field(default_factory=TrainProxyConfig)
     long_steps: int = 800
     short_steps: Tuple[int, ...] = (50, 100, 200, 400)
     reference_seeds: Tuple[int, int] = (0, 1)
     signal_seed: int = 2
     n_scaling: int = 8
     #: (resolution, depth cap) of the scaling subset; the plan's own scaling is always one of them.
-    scalings: Tuple[Tuple[int, Optional[int]], ...] = ((64, 2), (64, 4), (128, 2), (128, 4))
+    scalings: Tuple[Tuple[int, Optional[int]], ...] = ((64, 2), (64, 4), (128, 4))
     #: MACs of the full spec are counted at this side (the signal a search at that resolution has).
     macs_resolution: int = 256
 
@@ -207,16 +207,10 @@ def _device(accelerator: str) -> str:
 
 
 def done_ids(out: Path) -> set:
-    path = Path(out) / RUNS_FILE
-    if not path.exists():
+    """Ids of the finished units (a line cut short by a kill is skipped: that unit runs again)."""
+    if not (Path(out) / RUNS_FILE).exists():
         return set()
-    ids = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            ids.add(json.loads(line)["id"])
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line cut short by a kill: that unit runs again
-    return ids
+    return {r["id"] for r in _collect(out) if "id" in r}
 
 
 def run_units(
@@ -325,6 +319,7 @@ def _ranks(v: Sequence[float]) -> List[float]:
 
 
 def _collect(out: Path) -> List[dict]:
+    """Every finished unit's record in ``runs.jsonl``."""
     rows = []
     for line in (Path(out) / RUNS_FILE).read_text(encoding="utf-8").splitlines():
         try:
@@ -334,8 +329,7 @@ def _collect(out: Path) -> List[dict]:
     return rows
 
 
-#: Signal name -> (higher is better?) for the training-curve signals, per short budget.
-def _signal_table(plan: FidelityPlan, specs: Sequence[ArchSpec], runs: List[dict], indices: Sequence[int]) -> Tuple[dict, dict, dict]:
+def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int]) -> Tuple[dict, dict, dict]:
     """Per spec index: the reference runs, the signals (oriented so that higher predicts better) and costs."""
     res, cap = plan.train.resolution, plan.train.max_depth
     by = {}
@@ -365,7 +359,6 @@ def _signal_table(plan: FidelityPlan, specs: Sequence[ArchSpec], runs: List[dict
             s[f"train_loss_sum@{b}"] = -short["result"]["loss_sum"]  # lower loss sum predicts better
             for name in (f"train_top1@{b}", f"train_loss_sum@{b}"):
                 c[name] = cpu_s if cpu_s is not None else short["result"]["seconds"]
-            c[f"device:train@{b}"] = short["result"]["seconds"]
         sig[i], cost[i] = s, c
     return ref, sig, cost
 
@@ -377,7 +370,7 @@ ENSEMBLE = ("synflow", "params", "train_loss_sum@{b0}")
 
 def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
     common = [i for i in ref if sig.get(i)]
-    names = sorted({n for i in common for n in sig[i]} , key=lambda n: (n.split("@")[0], int(n.split("@")[1]) if "@" in n else 0))
+    names = sorted({n for i in common for n in sig[i]}, key=lambda n: (n.split("@")[0], int(n.split("@")[1]) if "@" in n else 0))
     names = [n for n in names if all(n in sig[i] for i in common)]
     target = [statistics.fmean(ref[i]) for i in common]
     params = [sig[i].get("params", 0.0) for i in common]
@@ -406,7 +399,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
     plan, specs = load_specs(out)
     runs = _collect(out)
     main_idx, hold_idx = range(plan.n), range(plan.n, plan.n + plan.n_holdout)
-    ref, sig, cost = _signal_table(plan, specs, runs, main_idx)
+    ref, sig, cost = _signal_table(plan, runs, main_idx)
     signals, common = _evaluate(plan, ref, sig, cost)
     seeds = list(zip(*[ref[i] for i in common])) if common else [[], []]
     ceiling = round(_kendall(seeds[0], seeds[1]), 3) if common else float("nan")
@@ -414,7 +407,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
     passing = sorted((v["cost_s"], n) for n, v in signals.items() if v["tau"] >= bar and v["cost_s"] is not None)
     best = max(signals, key=lambda n: signals[n]["tau"]) if signals else None
     chosen_name = passing[0][1] if passing else best
-    h_ref, h_sig, h_cost = _signal_table(plan, specs, runs, hold_idx)
+    h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost) if h_ref else ({}, [])
     chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
