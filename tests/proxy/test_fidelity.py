@@ -35,6 +35,10 @@ def test_small_study_runs_resumes_and_reports(tmp_path):
     assert len(specs) == 5
     units = fidelity.plan_units(plan, specs, kinds=("train", "zero_cost"))
     assert len(units) == 5 * (2 + 2 + 1) and len({u["id"] for u in units}) == len(units)
+    # Most informative first: every main-spec unit, then the hold-out references, then their signals.
+    order = [(u["index"] >= plan.n, u["index"] >= plan.n and u.get("steps") != plan.long_steps and u["kind"] == "train")
+             for u in units]
+    assert order == sorted(order)
     done = fidelity.run_units(out, units[:7], data_root=str(tmp_path / "fm"))
     assert done == 7 and len(fidelity.done_ids(out)) == 7
     # A killed run resumes: finished units are not run again.
