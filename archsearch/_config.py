@@ -29,10 +29,22 @@ def join_key(prefix: str, key: str | int) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
+#: Bounds on what a YAML file may make us do before anything looks at its keys: a spec, space or
+#: experiment file is a few KB and a few hundred nodes. Aliases count as the nodes they expand to, so
+#: that an alias bomb (ten levels of ten-fold aliases: 10^10 nodes from 1 KB) is refused at once.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES and path.is_file():
+            raise ConfigError("", f"{path}: {size} bytes, more than the {MAX_YAML_BYTES} a YAML file here may have")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("", f"{path}: no such file") from None
@@ -43,9 +55,48 @@ def read_yaml(path: str | Path) -> Any:
     return parse_yaml(text, source=str(path))
 
 
+def _expanded_size(node: yaml.Node, source: str) -> int:
+    """Nodes ``node`` stands for once every alias is expanded (shared nodes counted at each use)."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise ConfigError("", f"{source}: an alias refers to a node that contains it (recursive YAML)")
+        busy.add(key)
+        if isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        else:
+            total = 1
+        busy.discard(key)
+        sizes[key] = total = min(total, MAX_YAML_NODES + 1)
+        return total
+
+    return size(node)
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError("", f"{source}: {len(text)} characters, more than the {MAX_YAML_BYTES} a YAML document here may have")
     try:
-        return yaml.safe_load(text)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _expanded_size(node, source) > MAX_YAML_NODES:
+                raise ConfigError("", f"{source}: expands to more than {MAX_YAML_NODES} YAML nodes "
+                                      "(aliases count as what they repeat); refusing it")
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError("", f"{source}: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

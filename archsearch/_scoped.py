@@ -11,7 +11,8 @@ import logging
 import os
 from typing import Dict, Iterator, Optional
 
-__all__ = ["env", "flush_denormal", "flush_denormal_enabled", "log_levels", "optuna_verbosity"]
+__all__ = ["Terminated", "env", "flush_denormal", "flush_denormal_enabled", "log_levels", "optuna_verbosity",
+           "sigterm_as_interrupt"]
 
 
 @contextlib.contextmanager
@@ -75,3 +76,29 @@ def flush_denormal(on: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(saved)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a running trial is marked and the study stays resumable."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """During the block, SIGTERM raises :class:`Terminated` in the main thread (as SIGINT raises
+    KeyboardInterrupt); the previous handler is put back afterwards. Elsewhere than the main thread
+    this does nothing (signals are only delivered there)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,6 +11,7 @@ state_dict loads strictly. Two small extensions cover what timm's model class ca
 from __future__ import annotations
 
 import copy
+import os
 from functools import partial
 from typing import Any, Callable, Dict, Optional
 
@@ -29,6 +30,7 @@ from timm.models.fastvit import (
 )
 from timm.utils.model import reparameterize_model
 
+from .errors import ConfigError
 from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
 
 __all__ = [
@@ -236,10 +238,49 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+#: Environment variable that sets how much memory (GB) a model and its activations may take; default:
+#: 80% of the memory available when the check runs.
+MEMORY_LIMIT_ENV = "ARCHSEARCH_MAX_MEMORY_GB"
+
+
+def memory_limit_bytes() -> int:
+    value = os.environ.get(MEMORY_LIMIT_ENV)
+    if value:
+        try:
+            return int(float(value) * 2**30)
+        except ValueError:
+            raise ConfigError(MEMORY_LIMIT_ENV, f"{value!r} is not a number of GB") from None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        available = int(info["MemAvailable"]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(0.8 * available)
+
+
+def check_fits(spec: ArchSpec, resolution: Any = None, *, batch: int = 1, training_form: bool = False) -> None:
+    """Refuse, before allocating anything, a model (and its forward at ``resolution``) that would not fit in
+    this machine's memory: one line naming the estimate, the limit and how to raise it."""
+    est = spec.memory_bytes(resolution, batch=batch)
+    need = est["params"] * (3 if training_form else 1) + est["activations"]
+    limit = memory_limit_bytes()
+    if need > limit:
+        where = f" at {resolution} px, batch {batch}" if resolution is not None else ""
+        raise ConfigError(
+            "resolution" if est["activations"] > est["params"] else "spec",
+            f"{spec.name or spec.code}{where} needs about {need / 2**30:.1f} GB (weights {est['params'] / 2**30:.1f} GB, "
+            f"activations {est['activations'] / 2**30:.1f} GB), more than the {limit / 2**30:.1f} GB allowed here; "
+            f"set {MEMORY_LIMIT_ENV} to raise the limit",
+        )
+
+
 def build_model(spec: ArchSpec, **options: Any) -> ArchNet:
     """Build the training-form model; ``options`` are :class:`ArchNet`'s (``inference_mode=True`` builds
     the deploy form directly, ``device="meta"`` builds without allocating: parameter counts and output
-    shapes in milliseconds)."""
+    shapes in milliseconds). A model whose weights would not fit in memory is refused first."""
+    if str(options.get("device") or "") != "meta":
+        check_fits(spec, training_form=not options.get("inference_mode", False))
     return ArchNet(spec, **options)
 
 

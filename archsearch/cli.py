@@ -13,6 +13,8 @@ from typing import Callable, Dict, List, Optional
 from rich.console import Console
 from rich.table import Table
 
+from . import _scoped
+from ._outputs import prepare_output_dir
 from .errors import ArchsearchError, ConfigError, mask_secrets
 from .spec import parse_resolution
 
@@ -35,7 +37,7 @@ def _command(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 
 
 def _warn(message: str) -> None:
-    _err.print(f"warning: {mask_secrets(message)}", markup=False, highlight=False)
+    _err.print(f"warning: {mask_secrets(message)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -110,7 +112,13 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=10, help="number of valid specs to write (default 10)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same specs")
     p.add_argument("--out", required=True, help="directory for the spec YAML files and samples.csv")
+    _overwrite_arg(p)
     _accept_overrides(p, "the space")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty output directory, replacing the files an earlier run of this command wrote")
 
 
 def _accept_overrides(p: argparse.ArgumentParser, what: str) -> None:
@@ -125,12 +133,8 @@ def _sample(args: argparse.Namespace) -> int:
     from .space import draw, load_space
 
     space = load_space(args.space, args.overrides)
+    out = prepare_output_dir(args.out, "sample", overwrite=args.overwrite)
     candidates, rejected = draw(space, args.n, seed=args.seed)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError("--out", f"cannot create {out}: {e.strerror}") from None
     rows = []
     for i, c in enumerate(candidates):
         path = out / f"spec_{i:03d}_{c.spec.spec_hash}.yaml"
@@ -390,6 +394,9 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, sqlite:///archsearch.db)")
     p.add_argument("--pareto-out", default=None, help="also export the Pareto front to this directory at the end")
+    _overwrite_arg(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the experiment file, its space and references, print the plan, run nothing")
     _accept_overrides(p, "the experiment file")
 
 
@@ -402,6 +409,19 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     from .trials import load_trials
 
     cfg = load_trials(args.trials, args.overrides)
+    if args.dry_run:
+        from .references import load_spec
+        from .space import load_space
+
+        space = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
+        refs = [load_spec(cfg.resolve(e.spec)).code for e in cfg.enqueue]
+        _out.print(f"{args.trials}: study {cfg.study!r}, space {space.name!r} (resolutions {list(space.config.resolution)}), "
+                   f"objectives {', '.join(f'{o.name} ({o.direction})' for o in cfg.objectives)}, "
+                   f"{args.n_trials or cfg.n_trials} trials with {cfg.sampler.name}; references: {', '.join(refs) or 'none'}; "
+                   "nothing run", markup=False, highlight=False, soft_wrap=True)
+        return 0
+    if args.pareto_out:  # checked before any trial runs, not after they are stored
+        prepare_output_dir(args.pareto_out, "pareto", overwrite=args.overwrite, option="--pareto-out")
     runner = SearchRunner(cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0, warn=_warn)
     budget = args.n_trials or cfg.n_trials
     before = runner.counted_trials()
@@ -409,11 +429,12 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
         with _progress() as progress:
             task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
             result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        _err.print(f"archsearch: interrupted; {done} finished trials of {cfg.study!r} are kept in "
+        why = "terminated (SIGTERM)" if isinstance(e, _scoped.Terminated) else "interrupted"
+        _err.print(f"archsearch: {why}; {done} finished trials of {cfg.study!r} are kept in "
                    f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
-        return 130
+        return 143 if isinstance(e, _scoped.Terminated) else 130
     result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
     _out.print(
         f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
@@ -451,13 +472,15 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="study name")
     p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL")
     p.add_argument("--out", required=True, help="directory for the Pareto specs, pareto.csv, pareto.md, pareto.png")
+    _overwrite_arg(p)
 
 
 @_command("pareto", "export a study's Pareto-optimal specs and tables", _pareto_args)
 def _pareto(args: argparse.Namespace) -> int:
     from .pareto import export_pareto, load_study
 
-    rows = export_pareto(load_study(args.study, args.storage), Path(args.out))
+    study = load_study(args.study, args.storage)
+    rows = export_pareto(study, prepare_output_dir(args.out, "pareto", overwrite=args.overwrite))
     _out.print(f"{len(rows)} Pareto-optimal specs -> {args.out} (pareto.csv, pareto.md, pareto.png)")
     return 0
 
@@ -502,7 +525,9 @@ def _ablate(args: argparse.Namespace) -> int:
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="STUDY_OR_ABLATION", help="a study name, or a directory written by `archsearch ablate`")
     p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL (for a study)")
-    p.add_argument("--out", required=True, help="directory for report.md and its PNG plots")
+    p.add_argument("--out", required=True, help="directory for report.md and its PNG plots (an ablation's own "
+                   "directory is allowed: its report is replaced)")
+    _overwrite_arg(p)
 
 
 @_command("report", "write a Markdown report with plots for a study or an ablation", _report_args)
@@ -510,11 +535,16 @@ def _report(args: argparse.Namespace) -> int:
     from .report import report_ablation, report_study
 
     if Path(args.target).is_dir():
-        path = report_ablation(Path(args.target), Path(args.out))
+        if not (Path(args.target) / "ablation.json").exists():
+            raise ConfigError("TARGET", f"{args.target} has no ablation.json (run `archsearch ablate` first)")
+        home = Path(args.out).resolve() == Path(args.target).resolve()
+        out = prepare_output_dir(args.out, "report", overwrite=args.overwrite or home)
+        path = report_ablation(Path(args.target), out)
     else:
         from .pareto import load_study
 
-        path = report_study(load_study(args.target, args.storage), Path(args.out))
+        study = load_study(args.target, args.storage)
+        path = report_study(study, prepare_output_dir(args.out, "report", overwrite=args.overwrite))
     _out.print(f"report: {path}")
     return 0
 
@@ -717,13 +747,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger = logging.getLogger("archsearch")
     logger.addHandler(handler)
     try:
-        return args._run(args)
+        with _scoped.sigterm_as_interrupt():
+            return args._run(args)
     except ArchsearchError as e:
         _err.print(f"archsearch {args.command}: error: {mask_secrets(e)}", markup=False, highlight=False, soft_wrap=True)
         if args.debug:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)
         return 2
+    except _scoped.Terminated:
+        _err.print(f"archsearch {args.command}: terminated (SIGTERM); finished work is kept, rerun to resume",
+                   markup=False, highlight=False)
+        return 143
     except KeyboardInterrupt:
         _err.print(f"archsearch {args.command}: interrupted", markup=False, highlight=False)
         return 130

@@ -81,8 +81,11 @@ def _fmt(v: float) -> str:
 
 
 def export_pareto(study: optuna.Study, out: Path, *, plot: bool = True) -> List[ParetoRow]:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the front to ``out`` (specs, pareto.csv, pareto.md, pareto.png), replacing any earlier export
+    there: no earlier study's ``pareto_trial*.yaml`` stays beside the new ones. Other files are kept."""
+    from ._outputs import prepare_output_dir
+
+    out = prepare_output_dir(out, "pareto", overwrite=True)
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     rows = pareto_rows(study)
     header = ["trial", "arch", "resolution", "output_stride", "spec_hash", *names, "fastvithd_like", "dominates_references", "file"]

@@ -13,10 +13,13 @@ budget (``n_trials``) counts every trial of the study that is not FAILED and is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
+import json
 import logging
 import os
+import socket
 import tempfile
 import time
 import warnings
@@ -66,7 +69,9 @@ def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
         return optuna.storages.InMemoryStorage()
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        with warnings.catch_warnings():
+        # Workers that start together on a fresh database would all create Optuna's tables at once (on
+        # PostgreSQL one dies with a UniqueViolation): the first creates them, the others wait for it.
+        with warnings.catch_warnings(), _BudgetLock(url, "__schema__").held():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return RDBStorage(
                 url,
@@ -109,6 +114,40 @@ def _open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> o
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(names)
     return study
+
+
+def _proc_start(pid: int) -> Optional[str]:
+    """Start time (clock ticks since boot) of a live process, None when there is none (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+#: This process as a trial's ``worker`` attribute: host, pid and start time (a reused pid is another process).
+_WORKER = f"{socket.gethostname()}:{os.getpid()}:{_proc_start(os.getpid()) or 0}"
+
+
+def _dead_local_worker(worker: Optional[str]) -> Optional[int]:
+    """The pid of ``worker`` when it ran on this host and its process is gone, else None."""
+    parts = (worker or "").rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return None
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return None
+    if os.path.isdir("/proc/self"):
+        start = _proc_start(pid)
+        return None if start is not None and parts[2] in ("0", start) else pid
+    try:  # no /proc: a signal 0 tells whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return pid
+    except PermissionError:
+        pass
+    return None
 
 
 class _BudgetLock:
@@ -201,6 +240,7 @@ class SearchRunner:
         self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
+        self._check_space()  # before anything runs: a reopened study must be sampled from the same space
         self.lock = _BudgetLock(self.url, cfg.study)
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
@@ -228,6 +268,8 @@ class SearchRunner:
         return out
 
     def objective(self, trial: optuna.Trial) -> List[float]:
+        # First, so that a rerun on this host can tell at once that the trial's process is gone.
+        trial.set_user_attr("worker", _WORKER)
         self.lock.release()  # the trial exists now: other workers may claim the next one
         try:
             cand = self.space.sample_candidate(trial)
@@ -240,7 +282,6 @@ class SearchRunner:
         trial.set_user_attr("arch", spec.code)
         trial.set_user_attr("resolution", cand.resolution)
         trial.set_user_attr("output_stride", spec.output_stride)
-        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         try:
             values = self.evaluate(spec, cand.resolution, trial)
         except Exception as e:
@@ -252,12 +293,30 @@ class SearchRunner:
         return [values[o.name] for o in self.cfg.objectives]
 
     # --- study-level set-up, once per study -------------------------------------------------------
+    def _space_identity(self) -> str:
+        """What the study's trials were sampled from: the space after overrides (resolutions included)."""
+        text = json.dumps(dataclasses.asdict(self.space.config), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _check_space(self) -> None:
+        attrs = self.study.user_attrs
+        if attrs.get("space_hash", self._space_identity()) != self._space_identity():
+            raise ConfigError("space", (
+                f"study {self.cfg.study!r} was sampled from another search space (space {attrs.get('space')!r}, "
+                f"resolutions {attrs.get('space_resolutions')}; now {self.space.name!r}, {list(self.space.config.resolution)}); "
+                "its trials would not compare: use another study_name"))
+
     def _prepare_study(self) -> None:
         attrs = self.study.user_attrs
+        identity = self._space_identity()
         if "objectives" not in attrs:
             self.study.set_user_attr("objectives", [o.name for o in self.cfg.objectives])
             self.study.set_user_attr("directions", [o.direction for o in self.cfg.objectives])
             self.study.set_user_attr("space", self.space.name)
+            self.study.set_user_attr("space_hash", identity)
+            self.study.set_user_attr("space_resolutions", list(self.space.config.resolution))
+        else:
+            self._check_space()
         if "references" not in attrs and self.references:
             refs = []
             for spec, res in self.references:
@@ -305,12 +364,32 @@ class SearchRunner:
 
     # --- the loop -------------------------------------------------------------------------------
     def counted_trials(self) -> int:
-        # A dead worker's RUNNING trial must not hold a budget slot: fail it (and re-queue it) first.
+        # A dead worker's RUNNING trial must not hold a budget slot: fail it (and re-queue it) first. On this
+        # host a worker's process is known gone at once; elsewhere its heartbeat stops (after grace_s).
         if not isinstance(self.study._storage, optuna.storages.InMemoryStorage):
+            self._fail_trials_of_dead_local_workers()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(self.study)
         return len(self.study.get_trials(deepcopy=False, states=_COUNTED))
+
+    def _fail_trials_of_dead_local_workers(self) -> None:
+        storage = self.study._storage
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=self.cfg.max_retry)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            pid = _dead_local_worker(t.user_attrs.get("worker"))
+            if pid is None:
+                continue
+            try:
+                storage.set_trial_user_attr(t._trial_id, "error", f"its worker (pid {pid} on this host) died")
+                if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                    continue
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+                continue  # another worker got there first
+            self.warn(f"trial {t.number}: its worker (pid {pid}) is gone; the trial is failed and retried")
+            retry(self.study, storage.get_trial(t._trial_id))
 
     def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:
         # Optuna logs a failed trial with its traceback; the runner reports it in one line instead and keeps

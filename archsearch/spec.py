@@ -47,6 +47,16 @@ _STEM_CONVS = ((3, 2, 1), (3, 2, 1))  # (kernel, stride, padding) of the stem's 
 
 Resolution = Union[int, Tuple[int, int]]
 
+#: Sane maxima: far beyond any encoder worth measuring, far below sizes whose arithmetic overflows.
+#: Memory is checked separately (``ArchSpec.memory_bytes``, ``build.check_fits``).
+MAX_RESOLUTION = 16384
+MAX_WIDTH = 16384
+MAX_DEPTH = 256
+MAX_STAGES = 16
+MAX_RATIO = 64.0
+MAX_KERNEL = 63
+MAX_IN_CHANS = 64
+
 
 def parse_resolution(resolution: Resolution | str) -> tuple[int, int]:
     """``1024`` / ``"1024"`` / ``(768, 1024)`` / ``"768x1024"`` -> ``(h, w)``; errors name the value."""
@@ -69,6 +79,8 @@ def parse_resolution(resolution: Resolution | str) -> tuple[int, int]:
         raise ConfigError("resolution", f"{resolution!r} is not an integer or an (h, w) pair")
     if h < 1 or w < 1:
         raise ConfigError("resolution", f"{resolution!r} must be positive")
+    if max(h, w) > MAX_RESOLUTION:
+        raise ConfigError("resolution", f"{resolution!r} is larger than {MAX_RESOLUTION} px")
     return int(h), int(w)
 
 
@@ -119,16 +131,16 @@ class StageSpec:
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
-        if self.depth < 1:
-            raise ConfigError("depth", f"must be >= 1, got {self.depth}")
-        if self.width < 1:
-            raise ConfigError("width", f"must be >= 1, got {self.width}")
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise ConfigError("depth", f"must be in 1..{MAX_DEPTH}, got {self.depth}")
+        if not 1 <= self.width <= MAX_WIDTH:
+            raise ConfigError("width", f"must be in 1..{MAX_WIDTH}, got {self.width}")
         _check_choice("token_mixer", self.token_mixer, TOKEN_MIXERS)
-        if self.mlp_ratio <= 0:
-            raise ConfigError("mlp_ratio", f"must be > 0, got {self.mlp_ratio}")
+        if not 0 < self.mlp_ratio <= MAX_RATIO or self.hidden_width < 1:
+            raise ConfigError("mlp_ratio", f"must be in (0, {MAX_RATIO}] and leave >= 1 hidden channel, got {self.mlp_ratio}")
         _check_choice("pos_enc", self.pos_enc, POS_ENCODINGS)
-        if self.cpe_kernel < 1 or self.cpe_kernel % 2 == 0:
-            raise ConfigError("cpe_kernel", f"must be a positive odd integer, got {self.cpe_kernel}")
+        if not 1 <= self.cpe_kernel <= MAX_KERNEL or self.cpe_kernel % 2 == 0:
+            raise ConfigError("cpe_kernel", f"must be an odd integer in 1..{MAX_KERNEL}, got {self.cpe_kernel}")
 
     @property
     def hidden_width(self) -> int:
@@ -168,22 +180,24 @@ class ArchSpec:
             object.__setattr__(self, "stages", tuple(self.stages))
         if not isinstance(self.stages, tuple) or not self.stages:
             raise ConfigError("stages", "must be a non-empty list of stages")
+        if len(self.stages) > MAX_STAGES:
+            raise ConfigError("stages", f"{len(self.stages)} stages, more than {MAX_STAGES}")
         for i, stage in enumerate(self.stages):
             if not isinstance(stage, StageSpec):
                 raise ConfigError(join_key("stages", i), f"expected a StageSpec, got {type(stage).__name__}")
         _coerce_fields(self)
-        if self.in_chans < 1:
-            raise ConfigError("in_chans", f"must be >= 1, got {self.in_chans}")
-        if self.repmixer_kernel < 1 or self.repmixer_kernel % 2 == 0:
-            raise ConfigError("repmixer_kernel", f"must be a positive odd integer, got {self.repmixer_kernel}")
-        if self.down_patch_size < 3 or self.down_patch_size % 2 == 0:
+        if not 1 <= self.in_chans <= MAX_IN_CHANS:
+            raise ConfigError("in_chans", f"must be in 1..{MAX_IN_CHANS}, got {self.in_chans}")
+        if not 1 <= self.repmixer_kernel <= MAX_KERNEL or self.repmixer_kernel % 2 == 0:
+            raise ConfigError("repmixer_kernel", f"must be an odd integer in 1..{MAX_KERNEL}, got {self.repmixer_kernel}")
+        if not 3 <= self.down_patch_size <= MAX_KERNEL or self.down_patch_size % 2 == 0:
             # ReparamLargeKernelConv pairs it with a 3x3 branch, so it must be odd and >= 3.
-            raise ConfigError("down_patch_size", f"must be an odd integer >= 3, got {self.down_patch_size}")
+            raise ConfigError("down_patch_size", f"must be an odd integer in 3..{MAX_KERNEL}, got {self.down_patch_size}")
         _check_choice("norm", self.norm, NORM_LAYERS)
-        if self.head_dim < 1:
-            raise ConfigError("head_dim", f"must be >= 1, got {self.head_dim}")
-        if self.head_ratio <= 0:
-            raise ConfigError("head_ratio", f"must be > 0, got {self.head_ratio}")
+        if not 1 <= self.head_dim <= MAX_WIDTH:
+            raise ConfigError("head_dim", f"must be in 1..{MAX_WIDTH}, got {self.head_dim}")
+        if not 0 < self.head_ratio <= MAX_RATIO:
+            raise ConfigError("head_ratio", f"must be in (0, {MAX_RATIO}], got {self.head_ratio}")
         for i, (prev, stage) in enumerate(zip(self.stages, self.stages[1:]), start=1):
             # PatchEmbed's large-kernel conv is grouped with groups=in_channels (a depthwise conv with a
             # channel multiplier), so a stage that changes width must multiply the previous one.
@@ -249,6 +263,36 @@ class ArchSpec:
     def grid(self, resolution: Resolution | str) -> tuple[int, int]:
         """Token grid (h, w) of the output feature map."""
         return self.stage_grids(resolution)[-1]
+
+    def memory_bytes(self, resolution: Resolution | str | None = None, *, batch: int = 1) -> dict[str, int]:
+        """A torch-free estimate of fp32 memory: ``params`` (weights of the deploy form, within ~2x) and
+        ``activations`` (the largest set of feature maps alive at once in an inference forward at
+        ``resolution``; 0 without one). Used to refuse, before any allocation, what cannot fit."""
+        params, prev = 0, None
+        c0 = self.stages[0].width
+        params += 2 * 9 * c0 + c0 * c0 + 9 * self.in_chans * c0
+        acts = 0
+        if resolution is not None:
+            h, w = parse_resolution(resolution)
+            acts = self.in_chans * h * w + 3 * c0 * ((h + 1) // 2) * ((w + 1) // 2)
+            grids = self.stage_grids(resolution)
+        for i, st in enumerate(self.stages):
+            c, hidden = st.width, st.hidden_width
+            if prev is not None and (st.downsample or c != prev):
+                params += c * self.down_patch_size ** 2 + c * c
+            mixer = 4 * c * c if st.token_mixer == "attention" else 2 * self.repmixer_kernel ** 2 * c
+            params += st.depth * (2 * c * hidden + mixer + 4 * c) + (st.cpe_kernel ** 2 * c if st.pos_enc == "cpe" else 0)
+            if resolution is not None:
+                n = grids[i][0] * grids[i][1]
+                attn = n * n if st.token_mixer == "attention" else 0  # one head's score matrix at a time
+                acts = max(acts, (3 * c + hidden) * n + attn)
+            prev = c
+        if self.final_conv:
+            c, wide = self.stages[-1].width, self.out_channels
+            params += 9 * wide + wide * wide // 8  # grouped 3x3 (groups = in channels) and its SE
+            if resolution is not None:
+                acts = max(acts, (c + 2 * wide) * grids[-1][0] * grids[-1][1])
+        return {"params": 4 * params, "activations": 4 * acts * max(1, int(batch))}
 
     def visual_tokens(self, resolution: Resolution | str) -> int:
         """Tokens handed to the LLM: one per output-grid cell (FastVLM feeds them unpooled)."""

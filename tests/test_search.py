@@ -376,3 +376,66 @@ def test_a_run_that_only_failed_exits_non_zero(tmp_path):
     assert len(line) == 1 and "no trial finished in this run and 2 failed" in line[0]
     assert "CUDA" in line[0] or "NVIDIA" in line[0]
     assert "Traceback" not in err
+
+
+def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
+    # The dead worker ran on this host: its trial is failed and retried at once, not after grace_s (600 s).
+    path = _experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
+    url = f"sqlite:///{tmp_path}/study.db"
+    victim = _cli(["search", str(path), "measure.latency.repeats=3000", "grace_s=600", "tracking.enabled=false"], tmp_path)
+    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false"], tmp_path)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err
+    assert "is gone; the trial is failed and retried" in err and "Traceback" not in err
+    study = optuna.load_study(study_name="t", storage=url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
+    killed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(killed) == 1 and "died" in killed[0].user_attrs["error"]
+
+
+def test_sigterm_is_handled_like_sigint(tmp_path):
+    path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
+    url = f"sqlite:///{tmp_path}/study.db"
+    proc = _cli(["search", str(path), "measure.latency.repeats=3000", "tracking.enabled=false"], tmp_path)
+    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert not [n for n, s in _states(url).items() if s == TrialState.RUNNING], "the trial was marked"
+
+
+def test_a_study_reopened_with_another_space_is_refused(tmp_path):
+    path = _experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=2)
+    url = f"sqlite:///{tmp_path}/study.db"
+    first = _cli(["search", str(path), "tracking.enabled=false"], tmp_path)
+    assert first.wait(timeout=300) == 0
+    before = _states(url)
+    for change in ('space_overrides=["resolution=[128]"]', 'space_overrides=["stages.0.width=[24]"]'):
+        proc = _cli(["search", str(path), "n_trials=4", "tracking.enabled=false", change], tmp_path)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, (out, err)
+        assert err.count("\n") == 1 and "another search space" in err
+        assert _states(url) == before
+    # The same space resumes.
+    proc = _cli(["search", str(path), "n_trials=4", "tracking.enabled=false"], tmp_path)
+    assert proc.wait(timeout=300) == 0 and len(_states(url)) >= 4
+
+
+def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
+    # Both create Optuna's (and MLflow's) tables at once: neither may die of it; the budget is exact.
+    optuna_url, mlflow_url = postgres_dbs
+    path = _experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=6, storage=optuna_url,
+                       tracking=mlflow_url)
+    workers = [_cli(["worker", str(path)], tmp_path) for _ in range(2)]
+    for w in workers:
+        out, err = w.communicate(timeout=600)
+        assert w.returncode == 0, err
+        assert "Traceback" not in err
+    study = optuna.load_study(study_name="t", storage=optuna_url)
+    assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))

@@ -7,17 +7,40 @@ share it safely. Location: ``$ARCHSEARCH_CACHE_DIR`` or ``~/.cache/archsearch``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
-__all__ = ["MeasureCache", "default_cache_dir"]
+__all__ = ["MeasureCache", "default_cache_dir", "set_aside"]
+
+T = TypeVar("T")
+_log = logging.getLogger("archsearch")
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ARCHSEARCH_CACHE_DIR") or Path.home() / ".cache" / "archsearch")
+
+
+def set_aside(path: Path, reason: str, suffixes: tuple = ("",)) -> Optional[Path]:
+    """Move a damaged cache file out of the way (``NAME.damaged-TIME``) with one warning; a cache is
+    disposable, so the caller goes on with a fresh one. Another process may have moved it already."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = None
+    for suffix in suffixes:
+        src = Path(f"{path}{suffix}")
+        dst = src.with_name(f"{path.name}.damaged-{stamp}-{os.getpid()}{suffix}")
+        try:
+            src.replace(dst)
+        except FileNotFoundError:
+            continue
+        moved = moved or dst
+    if moved is not None:
+        _log.warning("damaged cache %s (%s): moved to %s; starting a fresh one", path, reason, moved)
+    return moved
 
 
 class MeasureCache:
@@ -31,11 +54,30 @@ class MeasureCache:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("CREATE TABLE IF NOT EXISTS measurements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            conn.commit()
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS measurements (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
             self._conn = conn
         return self._conn
+
+    def _recovering(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``op`` on the database; a damaged file (not a lock or a full disk) is set aside once and
+        ``op`` runs again on a fresh one."""
+        for attempt in (0, 1):
+            try:
+                return op(self._db())
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as e:
+                if attempt:
+                    raise
+                self.close()
+                set_aside(self.path, str(e), suffixes=("", "-wal", "-shm"))
+        raise AssertionError("unreachable")
 
     @staticmethod
     def key(**parts: Any) -> str:
@@ -45,22 +87,27 @@ class MeasureCache:
         if not self.enabled:
             return None
         with self._lock:
-            row = self._db().execute("SELECT value FROM measurements WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+            row = self._recovering(lambda db: db.execute("SELECT value FROM measurements WHERE key = ?", (key,)).fetchone())
+        try:
+            return json.loads(row[0]) if row else None
+        except ValueError:  # a damaged row is a miss: it is measured again and replaced
+            return None
 
     def put(self, key: str, value: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        with self._lock:
-            db = self._db()
+        def op(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR REPLACE INTO measurements (key, value) VALUES (?, ?)", (key, json.dumps(value)))
             db.commit()
+
+        with self._lock:
+            self._recovering(op)
 
     def __len__(self) -> int:
         if not self.enabled:
             return 0
         with self._lock:
-            return self._db().execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            return self._recovering(lambda db: db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0])
 
     def close(self) -> None:
         if self._conn is not None:

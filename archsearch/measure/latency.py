@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..build import deploy_model, example_input
+from ..build import check_fits, deploy_model, example_input
 from .. import _scoped
 from ..errors import ConfigError
 from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
@@ -119,6 +119,7 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _example(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> torch.Tensor:
+    check_fits(spec, hw, batch=cfg.batch)
     return example_input(spec.in_chans, hw, batch=cfg.batch)
 
 

@@ -32,7 +32,7 @@ import torch.nn as nn
 from ..build import build_final_conv, build_stage, build_stem, deploy_model, example_input
 from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
-from .cache import default_cache_dir
+from .cache import default_cache_dir, set_aside
 from ._heap import heap_mode
 from .device import device_fingerprint, device_info
 from .latency import LatencyConfig, _example, measure_latency, time_module, time_modules_interleaved
@@ -164,14 +164,28 @@ class LatencyPredictor:
         self.probe_samples_ms: List[float] = []
         self._rebased_ms: Optional[float] = None
         self._probe: Optional[Tuple[nn.Module, torch.Tensor]] = None
-        if self.path.exists():
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+        data = self._read_table()
+        if data:
             self.entries = data.get("entries", {})
             self.probe_samples_ms = data.get("probe_samples_ms", [])
             self.fit = data.get("fit", {}).get(statistic, {})
             self._all_fits = data.get("fit", {})
             self.scale = float(self.fit.get("scale", 1.0))
             self.exponent = float(self.fit.get("exponent", 1.0))
+
+    def _read_table(self) -> dict:
+        """The stored table; a damaged one (cut short, not JSON, wrong shape) is set aside: it is only a cache."""
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or not all(isinstance(data.get(k, t()), t) for k, t in
+                                                      (("entries", dict), ("fit", dict), ("probe_samples_ms", list))):
+                raise ValueError("not a latency table")
+            return data
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError) as e:
+            set_aside(self.path, f"{type(e).__name__}: {str(e)[:80]}")
+            return {}
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
