@@ -7,6 +7,8 @@ conditions, plus one MLflow run per row under one parent run.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import json
 import logging
@@ -122,12 +124,19 @@ def _load(name: str, key: str) -> ArchSpec:
         raise ConfigError(key, e.message) from None
 
 
+def _variant(base, v: VariantConfig, i: int):
+    spec = _load(v.spec, f"variants[{i}].spec") if v.spec else base
+    if not isinstance(spec, ArchSpec):  # a reference encoder (timm:MODEL): measured as it is
+        if v.edits or v.drop_stages or v.insert_stages:
+            raise ConfigError(f"variants[{i}] ({v.name})", f"{spec.code} is a reference encoder: it takes no edits")
+        return spec.replace(name=v.name)
+    return _apply(spec, v, f"variants[{i}] ({v.name})")
+
+
 def build_variants(cfg: AblationConfig) -> List[ArchSpec]:
     base = _load(cfg.resolve(cfg.base), "base")
-    return [
-        _apply(_load(cfg.resolve(v.spec), f"variants[{i}].spec") if v.spec else base, v, f"variants[{i}] ({v.name})")
-        for i, v in enumerate(cfg.variants)
-    ]
+    variants = [dataclasses.replace(v, spec=cfg.resolve(v.spec)) if v.spec else v for v in cfg.variants]
+    return [_variant(base, v, i) for i, v in enumerate(variants)]
 
 
 def _flat_row(variant: str, row: dict) -> dict:

@@ -279,8 +279,11 @@ def build_model(spec: ArchSpec, **options: Any) -> ArchNet:
     """Build the training-form model; ``options`` are :class:`ArchNet`'s (``inference_mode=True`` builds
     the deploy form directly, ``device="meta"`` builds without allocating: parameter counts and output
     shapes in milliseconds). A model whose weights would not fit in memory is refused first."""
+    resolution = options.pop("resolution", None)  # only reference encoders (ViTs) are built for one input size
     if str(options.get("device") or "") != "meta":
         check_fits(spec, training_form=not options.get("inference_mode", False))
+    if not isinstance(spec, ArchSpec):  # a reference encoder (timm:MODEL) builds itself
+        return spec.build(device=options.get("device"), resolution=resolution)
     return ArchNet(spec, **options)
 
 
@@ -298,10 +301,11 @@ def reparameterize(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     return model
 
 
-def deploy_model(spec: ArchSpec, *, seed: int = 0) -> nn.Module:
-    """The reparameterized (deploy-form) model with seeded random weights, in eval mode."""
+def deploy_model(spec: ArchSpec, *, seed: int = 0, resolution: Any = None) -> nn.Module:
+    """The reparameterized (deploy-form) model with seeded random weights, in eval mode (``resolution``:
+    the input size a reference ViT is built for; FastViT-family models take any)."""
     torch.manual_seed(seed)
-    return build_model(spec, inference_mode=True).eval()
+    return build_model(spec, inference_mode=True, resolution=resolution).eval()
 
 
 def example_input(channels: int, hw: tuple[int, int], *, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -140,6 +140,9 @@ class Measurer:
             "resolution": hw[0] if hw[0] == hw[1] else list(hw),
         }
         for name in parse_metrics(metrics):
+            if name in _SPEC_ONLY and not isinstance(spec, ArchSpec):
+                raise ConfigError("metrics", f"{name} works on a FastViT-family spec's structure; {spec.code} is a "
+                                             f"reference encoder (it has: {', '.join(m for m in METRICS if m not in _SPEC_ONLY)})")
             row.update(METRICS[name].compute(self, spec, hw))
         return row
 
@@ -151,6 +154,10 @@ class Measurer:
 
 
 # --- the registry ----------------------------------------------------------------------------------
+
+#: Metrics that scale or decompose a spec (proxies, training, the block-table predictor): not for
+#: reference encoders such as ``timm:MODEL``.
+_SPEC_ONLY = ("predicted_latency", "predicted_ttft", "synflow", "naswot", "grad_norm", "snip", "train_top1", "train_loss_sum")
 
 def _latency_fields(lat) -> dict:
     s = lat.stats
@@ -175,7 +182,9 @@ def _macs(m: Measurer, spec: ArchSpec, hw) -> dict:
 
 @_metric("tokens", "visual tokens (output grid) the encoder hands to the LLM", tokens="minimize")
 def _tokens(m: Measurer, spec: ArchSpec, hw) -> dict:
-    return {"tokens": spec.visual_tokens(hw), "grid": list(spec.grid(hw)), "stride": spec.output_stride}
+    grid = list(spec.grid(hw))
+    # A reference encoder's stride is what its grid gives (14 for a ViT/14, 32 for a ConvNeXt).
+    return {"tokens": spec.visual_tokens(hw), "grid": grid, "stride": spec.output_stride or round(hw[0] / grid[0])}
 
 
 @_metric("latency", "measured encoder latency (options.latency)", latency_ms="minimize")
@@ -192,6 +201,17 @@ def _predicted(m: Measurer, spec: ArchSpec, hw) -> dict:
         "predicted_latency": {"table": str(p.path), "statistic": p.statistic, "scale": p.scale, "exponent": p.exponent,
                               "probe_ms": p.probe_ms, "backend": p.config.backend, "threads": p.config.threads},
     }
+
+
+@_metric("predicted_ttft", "predicted encoder latency + fitted LLM prefill of its tokens", predicted_ttft_ms="minimize")
+def _predicted_ttft(m: Measurer, spec: ArchSpec, hw) -> dict:
+    enc = _predicted(m, spec, hw)
+    tokens = spec.visual_tokens(hw) + m.options.prompt_tokens
+    prefill = m.prefill_model()
+    prefill_ms = prefill.predict_ms(tokens)
+    return {**enc, "predicted_ttft_ms": enc["predicted_latency_ms"] + prefill_ms,
+            "predicted_ttft": {"prefill_ms": prefill_ms, "visual_tokens": spec.visual_tokens(hw), "llm": m.options.llm,
+                               "prompt_tokens": m.options.prompt_tokens, "extrapolated": tokens > prefill.max_fitted_tokens}}
 
 
 @_metric("ttft", "time to first token: encoder latency + fitted LLM prefill of its tokens", ttft_ms="minimize")

@@ -179,8 +179,13 @@ class MeasureOptions:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     #: Training metrics (train_top1, train_loss_sum).
     train: TrainProxyConfig = field(default_factory=TrainProxyConfig)
+    #: Whole models of the study's space timed to fit the latency predictor (scale, exponent) before a
+    #: study that uses predicted latency starts, when this device's table has no fit yet (0: no fit).
+    predictor_fit: int = 8
 
     def __post_init__(self) -> None:
+        if self.predictor_fit < 0:
+            raise ConfigError("predictor_fit", f"must be >= 0, got {self.predictor_fit}")
         if self.counter not in COUNTER_NAMES:
             raise ConfigError("counter", f"{self.counter!r} is not one of: {', '.join(COUNTER_NAMES)}")
         if self.prompt_tokens < 0:

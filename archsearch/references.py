@@ -125,9 +125,14 @@ def get_reference(name: str) -> Reference:
 
 
 def load_spec(name_or_path: str) -> ArchSpec:
-    """A reference name (``fastvithd``) or the path of a spec YAML file."""
+    """A reference name (``fastvithd``), the path of a spec YAML file, or ``timm:MODEL`` (a timm model as a
+    reference encoder, :class:`~archsearch.encoders.TimmEncoder`)."""
     from pathlib import Path
 
+    from .encoders import TimmEncoder, is_timm_name
+
+    if is_timm_name(name_or_path):
+        return TimmEncoder.parse(name_or_path)  # type: ignore[return-value] - measured like a spec
     looks_like_file = name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path
     if looks_like_file or Path(name_or_path).is_file():
         return ArchSpec.load(name_or_path)

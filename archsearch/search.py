@@ -298,6 +298,41 @@ class SearchRunner:
         text = json.dumps(dataclasses.asdict(self.space.config), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def _uses_prediction(self) -> bool:
+        from .metrics import metric_of
+
+        return any(metric_of(n) in ("predicted_latency", "predicted_ttft") for n in self._metric_names())
+
+    def _freeze_predictor(self) -> None:
+        """One latency scale per study: the predictor is fitted (once per table) before the first trial, its
+        identity stored on the study, and every process of the study prices its trials with it."""
+        if not self._uses_prediction():
+            return
+        predictor = self.measurer.predictor
+        stored = self.study.user_attrs.get("predictor")
+        if stored is None:
+            n = self.measurer.options.predictor_fit
+            if not predictor.fit and n:
+                from .space import draw
+
+                found, _ = draw(self.space, n, seed=12345)
+                start = time.perf_counter()
+                self.warn(f"fitting the latency predictor on {len(found)} whole models of {self.space.name} "
+                          f"(once per table, {predictor.path.name}; about {len(found)} x a latency measurement)")
+                predictor.fit_scale([(c.spec, c.resolution) for c in found])
+                self.warn(f"latency predictor fitted in {time.perf_counter() - start:.0f} s: scale {predictor.scale:.3g}, "
+                          f"exponent {predictor.exponent:.3f}")
+            stored = predictor.identity()
+            self.study.set_user_attr("predictor", stored)
+        else:
+            mine = {"table": predictor.path.name, "statistic": predictor.statistic}
+            if any(stored.get(k) != v for k, v in mine.items()):
+                raise ConfigError("measure.latency", (
+                    f"study {self.cfg.study!r} priced its trials with latency table {stored.get('table')} "
+                    f"({stored.get('statistic')}); this run would use {mine['table']} ({mine['statistic']}): resume it "
+                    "with the same device and latency options, or start a new study (another study_name) to recalibrate"))
+        predictor.freeze(stored)
+
     def _check_space(self) -> None:
         attrs = self.study.user_attrs
         if attrs.get("space_hash", self._space_identity()) != self._space_identity():
@@ -317,6 +352,7 @@ class SearchRunner:
             self.study.set_user_attr("space_resolutions", list(self.space.config.resolution))
         else:
             self._check_space()
+        self._freeze_predictor()
         if "references" not in attrs and self.references:
             refs = []
             for spec, res in self.references:
@@ -326,7 +362,7 @@ class SearchRunner:
                     self.warn(f"reference {spec.name or spec.spec_hash} at {res} px not evaluated: {type(e).__name__}: {e}")
                     continue
                 feasible = all(v <= 0 for v in self._violations(values))
-                params = self.space.params_for(spec, res)
+                params = self.space.params_for(spec, res) if isinstance(spec, ArchSpec) else None
                 if params is not None:
                     self.study.enqueue_trial(params, user_attrs={"reference": spec.name})
                 refs.append({"name": spec.name or spec.spec_hash, "resolution": res, "spec_hash": spec.spec_hash,
@@ -334,9 +370,11 @@ class SearchRunner:
                              "metrics": values, "feasible": feasible, "in_space": params is not None})
             self.study.set_user_attr("references", refs)
         if "mlflow_parent_run_id" not in attrs and self.tracker.enabled:
+            predictor = {f"predictor.{k}": str(v) for k, v in (self.study.user_attrs.get("predictor") or {}).items()}
             run_id = self.tracker.start_study(self.cfg.study, {
                 "space": self.space.name, "objectives": ",".join(o.name for o in self.cfg.objectives),
                 "sampler": self.cfg.sampler.name, "n_trials": str(self.cfg.n_trials), "storage": mask_secrets(self.url),
+                **predictor,
             })
             if run_id:
                 self.study.set_user_attr("mlflow_parent_run_id", run_id)

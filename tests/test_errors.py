@@ -41,7 +41,7 @@ BAD_SPACES = [
 
 BAD_SPECS = [
     ("unknown spec key", "stages: [{depth: 1, width: 8}]\nstem: big\n", "stem: unknown key"),
-    ("zero depth", "stages: [{depth: 0, width: 8}]\n", "stages[0].depth: must be >= 1"),
+    ("zero depth", "stages: [{depth: 0, width: 8}]\n", "stages[0].depth: must be in 1..256"),
     ("width not a multiple", "stages: [{depth: 1, width: 32}, {depth: 1, width: 48}]\n", "stages[1].width: 48 is not a multiple"),
     ("missing stages", "norm: batchnorm\n", "stages: required key"),
     ("python object tag", "stages: !!python/object/apply:os.system [ls]\n", "malformed YAML"),

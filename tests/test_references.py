@@ -1,6 +1,8 @@
 """Each reference equals timm's registered model: parameter count, strict state_dict load, outputs."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import timm
 import torch
@@ -61,3 +63,35 @@ def test_load_spec_by_name_or_path(tmp_path):
     assert load_spec(str(path)) == spec
     with pytest.raises(ConfigError, match="neither a reference"):
         load_spec("fastvit_xl")
+
+
+def test_timm_models_are_measured_references(capsys):
+    from archsearch.cli import main
+
+    assert main(["measure", "timm:vit_so400m_patch14_siglip_384", "fastvithd", "-r", "384", "-m", "params,tokens", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    siglip, hd = rows
+    assert siglip["spec"] == "timm:vit_so400m_patch14_siglip_384" and siglip["tokens"] == 27 * 27 and siglip["stride"] == 14
+    assert hd["tokens"] == 36 and 3.0 < siglip["params"] / hd["params"] < 4.0  # FastVLM: "3.4x smaller"
+    # A convnet's tokens are its feature grid.
+    assert main(["measure", "timm:convnext_large_mlp", "-r", "384", "-m", "tokens", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["tokens"] == 12 * 12
+    # Bad names and metrics that need a spec's structure: one line, exit 2.
+    assert main(["measure", "timm:vit_nope_patch14", "-r", "384", "-m", "params"]) == 2
+    err = capsys.readouterr().err
+    assert "no such timm model" in err and len(err.strip().splitlines()) == 1
+    assert main(["measure", "timm:convnext_large_mlp", "-r", "64", "-m", "naswot"]) == 2
+    assert "reference encoder" in capsys.readouterr().err
+
+
+def test_timm_reference_in_an_ablation(tmp_path):
+    from archsearch.ablation import build_variants, load_ablation
+
+    path = tmp_path / "a.yaml"
+    path.write_text("name: a\nbase: fastvit_t8\nvariants:\n  - {name: t8}\n  - {name: vit, spec: 'timm:vit_tiny_patch16_224'}\n"
+                    "resolutions: [64]\nmetrics: [params, tokens]\n")
+    specs = build_variants(load_ablation(path))
+    assert [s.name for s in specs] == ["t8", "vit"] and specs[1].visual_tokens(64) == 16
+    path.write_text(path.read_text().replace("spec: 'timm:vit_tiny_patch16_224'}", "spec: 'timm:vit_tiny_patch16_224', edits: [depth=2]}"))
+    with pytest.raises(ConfigError, match="reference encoder"):
+        build_variants(load_ablation(path))

@@ -439,3 +439,31 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
     study = optuna.load_study(study_name="t", storage=optuna_url)
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 6
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
+
+
+def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
+    path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8,
+                       extra="")
+    cfg = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=1"])
+    result = SearchRunner(cfg).run()
+    study = result.study
+    ident = study.user_attrs["predictor"]
+    assert ident["table"].endswith(".json") and ident["scale"] > 0 and ident["probe_ms"] > 0
+    # The same spec hash has the same predicted latency, and the reference is not "dominated" by its own trial.
+    by_hash: dict = {}
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        by_hash.setdefault(t.user_attrs["spec_hash"], set()).add(t.user_attrs["metrics"]["predicted_latency_ms"])
+    ref = study.user_attrs["references"][0]
+    by_hash.setdefault(ref["spec_hash"], set()).add(ref["metrics"]["predicted_latency_ms"])
+    assert all(len(v) == 1 for v in by_hash.values()), by_hash
+    from archsearch.pareto import pareto_rows
+
+    assert not any(ref["name"] in r.dominates for r in pareto_rows(study) if r.spec.spec_hash == ref["spec_hash"])
+    # MLflow's parent run names the table and its fit.
+    parent = _parent_runs(cfg.tracking.uri)[0]
+    assert parent.data.params["predictor.table"] == ident["table"]
+    assert float(parent.data.params["predictor.scale"]) == pytest.approx(ident["scale"])
+    # Resuming with another table (other thread count: another device table) is refused in one line.
+    other = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=2", "n_trials=10"])
+    with pytest.raises(ConfigError, match="priced its trials with latency table"):
+        SearchRunner(other).run()

@@ -119,7 +119,7 @@ class Complexity:
 
 
 def _fast(spec: ArchSpec, hw: tuple[int, int]) -> dict:
-    model = build_model(spec, device="meta", inference_mode=True).eval()
+    model = build_model(spec, device="meta", inference_mode=True, resolution=hw).eval()
     counter = _OpCounter()
     with torch.no_grad(), counter:
         model(torch.empty(1, spec.in_chans, *hw, device="meta"))
@@ -136,7 +136,7 @@ def _fvcore(spec: ArchSpec, hw: tuple[int, int]) -> dict:
 
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
 
-    model = deploy_model(spec)
+    model = deploy_model(spec, resolution=hw)
     x = torch.randn(1, spec.in_chans, *hw)
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     flops = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)

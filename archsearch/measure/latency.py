@@ -264,7 +264,7 @@ def time_modules_interleaved(
 
 
 def _prepare_spec(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> _Prepared:
-    return LATENCY_BACKENDS[cfg.backend](deploy_model(spec), _example(spec, hw, cfg), cfg)
+    return LATENCY_BACKENDS[cfg.backend](deploy_model(spec, resolution=hw), _example(spec, hw, cfg), cfg)
 
 
 def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
@@ -327,7 +327,7 @@ def compare_latency(
     hw_a = parse_resolution(resolution)
     hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
     a_stats, b_stats, ratio = time_modules_interleaved(
-        (deploy_model(a), _example(a, hw_a, cfg)), (deploy_model(b), _example(b, hw_b, cfg)), cfg
+        (deploy_model(a, resolution=hw_a), _example(a, hw_a, cfg)), (deploy_model(b, resolution=hw_b), _example(b, hw_b, cfg)), cfg
     )
     conditions = _conditions(cfg, hw_a, a_stats.repeats)
     conditions.update(resolution_b=list(hw_b), interleaved=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +188,35 @@ class LatencyPredictor:
             set_aside(self.path, f"{type(e).__name__}: {str(e)[:80]}")
             return {}
 
+    def identity(self) -> dict:
+        """What prices a prediction: the table, its statistic, fit and probe speed (stored on a study)."""
+        if self.statistic == "relative" and self.probe_ms is None:
+            self.rebase()
+        return {"table": self.path.name, "statistic": self.statistic, "scale": self.scale, "exponent": self.exponent,
+                "probe_ms": self.probe_ms if self.statistic == "relative" else None,
+                "fit_specs": len(self.fit.get("specs", [])), "entries": len(self.entries)}
+
+    def freeze(self, identity: dict) -> None:
+        """Price every prediction from now on with ``identity``'s fit and probe speed (a study's scale):
+        components measured later are ratios to the probe, so they join the same scale."""
+        self.scale, self.exponent = float(identity["scale"]), float(identity["exponent"])
+        if identity.get("probe_ms") is not None:
+            self._rebased_ms = float(identity["probe_ms"])
+
     def save(self) -> None:
+        """Write the table. Processes sharing it (search workers) merge under a file lock, and an entry
+        already on disk wins: a component measured twice at once gets one value for everyone."""
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            disk = self._read_table()
+            for key, entry in disk.get("entries", {}).items():
+                self.entries[key] = {**self.entries.get(key, {}), **entry}
+            self._write()
+
+    def _write(self) -> None:
         data = {
             "conditions": {
                 "backend": self.config.backend,
@@ -201,7 +229,7 @@ class LatencyPredictor:
             "probe_samples_ms": self.probe_samples_ms,
             "entries": self.entries,
         }
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
         tmp.replace(self.path)
 
