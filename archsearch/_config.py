@@ -111,6 +111,10 @@ def _nested_dataclass(tp: Any) -> tuple[type | None, type | None]:
         return tp, None
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Union and len(args) == 2 and type(None) in args:  # Optional[DC]
+        inner = args[0] if args[1] is type(None) else args[1]
+        if dataclasses.is_dataclass(inner):
+            return inner, None
     if origin in (list, tuple) and args and dataclasses.is_dataclass(args[0]):
         return args[0], origin
     return None, None
@@ -155,7 +159,7 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
         elem, container = _nested_dataclass(tp)
         sub = join_key(key, name)
         if elem is not None and container is None:
-            values[name] = _from_data(elem, value, sub)
+            values[name] = None if value is None else _from_data(elem, value, sub)
         elif elem is not None:
             if not isinstance(value, list):
                 raise ConfigError(sub, f"expected a list, got {type(value).__name__} {_short(value)}")

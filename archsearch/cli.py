@@ -442,6 +442,11 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
         + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
         + ("" if runner.tracker.enabled else " (MLflow tracking off)")
     )
+    if result.rungs:
+        r = result.rungs
+        _out.print(f"rungs {r['rungs']} steps: " + ", ".join(f"{n} stopped at rung {i}" for i, n in r["stopped_at"].items())
+                   + f", {r['full_budget']} trained to the full budget; {r['steps_trained']} of {r['steps_if_all_full']} "
+                   f"training steps ({100 * r['saved_fraction']:.0f}% saved)", markup=False, highlight=False)
     if result.failed_only:
         _err.print(f"archsearch {'worker' if worker else 'search'}: error: no trial finished in this run and "
                    f"{result.states_here['FAIL']} failed; last error: {mask_secrets(result.last_error or '?')}",

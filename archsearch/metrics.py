@@ -129,6 +129,17 @@ class Measurer:
         key = MeasureCache.key(metric="train", spec=spec.spec_hash, config=cfg.cache_key())
         return self._cached(key, lambda: train_proxy(spec, cfg).to_dict())
 
+    def training_rung(self, spec: ArchSpec, steps: int, schedule_steps: int, checkpoint=None) -> dict:
+        """Training of ``spec``'s scaled copy up to ``steps`` of a ``schedule_steps``-step run (a rung of a
+        multi-fidelity search), resumed from ``checkpoint`` when it holds an earlier rung; cached."""
+        import dataclasses as _dc
+
+        from .proxy.train import train_proxy
+
+        cfg = _dc.replace(self.options.train, steps=steps)
+        key = MeasureCache.key(metric="train_rung", spec=spec.spec_hash, config=cfg.cache_key(), schedule=schedule_steps)
+        return self._cached(key, lambda: train_proxy(spec, cfg, schedule_steps=schedule_steps, checkpoint=checkpoint).to_dict())
+
     # --- rows ---------------------------------------------------------------------------------
     def measure(self, spec: ArchSpec, resolution: Resolution, metrics: Sequence[str]) -> dict:
         """One flat row: identity, the requested metrics, and each metric's conditions."""

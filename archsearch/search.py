@@ -212,6 +212,8 @@ class SearchResult:
     #: Trials this process ended, by state, and the last error among its failed ones.
     states_here: Dict[str, int] = field(default_factory=dict)
     last_error: Optional[str] = None
+    #: Multi-fidelity studies: trials stopped at each rung and the training saved (``_rungs.summary``).
+    rungs: Optional[dict] = None
 
     @property
     def failed_only(self) -> bool:
@@ -260,6 +262,39 @@ class SearchRunner:
             trial.set_user_attr("train_history", row["train"]["history"])
         return values
 
+    def _evaluate_in_rungs(self, trial: optuna.Trial, spec: ArchSpec, resolution: int) -> Dict[str, float]:
+        """The cheap metrics, then training rung by rung while the trial stays in the top 1/eta of its rung
+        (:func:`archsearch._rungs.promotes`); a trial stopped at a rung ends PRUNED with its rung values."""
+        from ._rungs import promotes
+
+        f = self.cfg.fidelity
+        cheap_names = [n for n in self._metric_names() if n != f.metric]
+        values, _ = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
+        names = [o.name for o in self.cfg.objectives]
+        directions = [o.direction for o in self.cfg.objectives]
+        field = "val_top1" if f.metric == "train_top1" else "loss_sum"
+        rungs: Dict[str, list] = {}
+        with tempfile.TemporaryDirectory(prefix="archsearch-rung-") as tmp:
+            checkpoint = Path(tmp) / "rung.ckpt"
+            for i, steps in enumerate(f.rungs):
+                r = self.measurer.training_rung(spec, steps, f.rungs[-1], checkpoint)
+                values[f.metric] = float(r[field])
+                rungs[str(i)] = [values[n] for n in names]
+                # Stored before deciding, so that the other workers rank against it at once.
+                trial.set_user_attr("rungs", dict(rungs))
+                trial.set_user_attr("rung_steps", list(f.rungs[: i + 1]))
+                if i == len(f.rungs) - 1:
+                    return values
+                table = {t.number: t.user_attrs["rungs"][str(i)] for t in trial.study.get_trials(deepcopy=False)
+                         if str(i) in t.user_attrs.get("rungs", {})}
+                table[trial.number] = rungs[str(i)]
+                if not promotes(trial.number, table, directions, f.eta):
+                    trial.set_user_attr("stopped_at_rung", i)
+                    trial.set_user_attr("metrics", values)
+                    raise optuna.TrialPruned(f"stopped at rung {i} ({steps} steps): not in the top 1/{f.eta} of "
+                                             f"{len(table)} trials there")
+        raise AssertionError("unreachable")
+
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
         for c in self.cfg.constraints:
@@ -283,7 +318,12 @@ class SearchRunner:
         trial.set_user_attr("resolution", cand.resolution)
         trial.set_user_attr("output_stride", spec.output_stride)
         try:
-            values = self.evaluate(spec, cand.resolution, trial)
+            if self.cfg.fidelity is None:
+                values = self.evaluate(spec, cand.resolution, trial)
+            else:
+                values = self._evaluate_in_rungs(trial, spec, cand.resolution)
+        except optuna.TrialPruned:
+            raise
         except Exception as e:
             trial.set_user_attr("error", f"{type(e).__name__}: {str(e).strip()[:500]}")
             raise
@@ -388,6 +428,8 @@ class SearchRunner:
             self.last_error = reason.splitlines()[0]
             self.warn(f"trial {trial.number} failed: {self.last_error}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))
+        for i, vals in (trial.user_attrs.get("rungs") or {}).items():
+            metrics.update({f"rung{i}.{o.name}": v for o, v in zip(self.cfg.objectives, vals)})
         if trial.values:
             metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})
         spec = trial.user_attrs.get("spec")
@@ -484,6 +526,12 @@ class SearchRunner:
                         self.tracker.log_study_artifacts(self.parent_run_id, out)
                         self.tracker.finish_study(self.parent_run_id)
                         study.set_user_attr("mlflow_parent_finished", True)
+        if self.cfg.fidelity is not None:
+            from ._rungs import summary
+
+            result.rungs = summary(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                                   self.cfg.fidelity.rungs)
+            study.set_user_attr("rung_summary", result.rungs)
         result.complete = complete
         result.states_here = dict(self.states_here)
         result.last_error = self.last_error

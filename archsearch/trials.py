@@ -14,7 +14,7 @@ from .options import MeasureOptions
 from .space import apply_overrides
 
 __all__ = [
-    "ConstraintConfig", "EnqueueConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",
+    "ConstraintConfig", "EnqueueConfig", "FidelityConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",
     "TrialsConfig", "load_trials",
 ]
 
@@ -88,6 +88,28 @@ class EnqueueConfig:
 
 
 @dataclass
+class FidelityConfig:
+    """Multi-fidelity search: every trial gets its cheap objectives and ``rungs[0]`` steps of training;
+    it goes on to the next rung only if it is in the top ``1/eta`` of the trials finished at its rung
+    (non-dominated sorting over the study's objectives, :mod:`archsearch._rungs`); training resumes from the
+    previous rung's checkpoint. A trial stopped at a rung ends PRUNED with each rung's values kept."""
+
+    #: The training objective the rungs refine (one of the study's objectives).
+    metric: str = "train_top1"
+    #: Total training steps at each rung, increasing; the last is the full budget.
+    rungs: List[int] = MISSING
+    eta: int = 3
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("train_top1", "train_loss_sum"):
+            raise ConfigError("metric", f"{self.metric!r} is not a training objective (train_top1, train_loss_sum)")
+        if len(self.rungs) < 2 or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
+            raise ConfigError("rungs", f"need two or more increasing step counts >= 1, got {list(self.rungs)}")
+        if self.eta < 2:
+            raise ConfigError("eta", f"must be >= 2, got {self.eta}")
+
+
+@dataclass
 class TrialsConfig:
     name: str = MISSING
     space: str = MISSING
@@ -111,6 +133,8 @@ class TrialsConfig:
     max_retry: int = 2
     #: Stop this process after this many trials in a row have failed (exceptions are not retried forever).
     max_consecutive_failures: int = 5
+    #: Rungs of training (multi-fidelity search); None: every trial trains ``measure.train.steps``.
+    fidelity: Optional[FidelityConfig] = None
     description: str = ""
     #: Directory of the trials file; relative paths (space, enqueued specs) resolve against it.
     base_dir: str = "."
@@ -123,6 +147,8 @@ class TrialsConfig:
             raise ConfigError("objectives", f"duplicate objective in {names}")
         if self.n_trials < 1:
             raise ConfigError("n_trials", f"must be >= 1, got {self.n_trials}")
+        if self.fidelity is not None and self.fidelity.metric not in names:
+            raise ConfigError("fidelity.metric", f"{self.fidelity.metric!r} is not one of the objectives {names}")
         if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s:
             raise ConfigError("grace_s", f"must exceed heartbeat_s ({self.heartbeat_s}), got {self.grace_s}")
 

@@ -467,3 +467,65 @@ def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
     other = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=2", "n_trials=10"])
     with pytest.raises(ConfigError, match="priced its trials with latency table"):
         SearchRunner(other).run()
+
+
+RUNG_TRAIN = ("measure.train={data: digits, resolution: 32, max_depth: 1, width_mult: 1.0, batch_size: 16, "
+              "train_size: 128, val_size: 64}")
+
+
+def _rung_experiment(tmp_path: Path, n_trials: int = 8, storage: str | None = None) -> Path:
+    return _experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=n_trials, storage=storage,
+                       extra="fidelity: {metric: train_top1, rungs: [2, 4, 8], eta: 2}")
+
+
+def test_multi_fidelity_search_stops_trials_at_rungs(tmp_path):
+    cfg = load_trials(_rung_experiment(tmp_path), [RUNG_TRAIN, "tracking.enabled=false"])
+    runner = SearchRunner(cfg)
+    result = runner.finish(runner.run(), pareto_out=tmp_path / "front")
+    study = result.study
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    stopped = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if "stopped_at_rung" in t.user_attrs]
+    assert complete and stopped, "some trials reach the last rung, others stop early"
+    for t in complete:
+        assert sorted(t.user_attrs["rungs"]) == ["0", "1", "2"] and t.user_attrs["rung_steps"] == [2, 4, 8]
+        assert t.values[1] == t.user_attrs["rungs"]["2"][1]
+    for t in stopped:
+        i = t.user_attrs["stopped_at_rung"]
+        assert sorted(t.user_attrs["rungs"]) == [str(j) for j in range(i + 1)] and i < 2
+    # Only full-budget trials can be on the front; the summary counts the saved training.
+    from archsearch.pareto import pareto_rows
+
+    assert {r.number for r in pareto_rows(study)} <= {t.number for t in complete}
+    s = result.rungs
+    assert s["full_budget"] == len(complete) and sum(s["stopped_at"].values()) == len(stopped)
+    assert 0 < s["saved_fraction"] < 1 and study.user_attrs["rung_summary"] == s
+
+
+def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgres_dbs):
+    optuna_url, _ = postgres_dbs
+    path = _rung_experiment(tmp_path, n_trials=8, storage=optuna_url)
+    args = [str(path), RUNG_TRAIN, "tracking.enabled=false"]
+    # One worker is interrupted after its first finished trial; the rung values it stored stay.
+    first = _cli(["worker", *args], tmp_path)
+    _wait_for(lambda: any(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in _states(optuna_url).values()), 300,
+              "a finished trial")
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 130, err
+    kept = {t.number: t.user_attrs["rungs"] for t in optuna.load_study(study_name="t", storage=optuna_url).trials
+            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rungs" in t.user_attrs}
+    assert kept
+    # Two workers finish the study together: each trial decided once, the budget exact.
+    workers = [_cli(["worker", *args], tmp_path) for _ in range(2)]
+    for w in workers:
+        _, err = w.communicate(timeout=900)
+        assert w.returncode == 0, err
+    study = optuna.load_study(study_name="t", storage=optuna_url)
+    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(finished) == 8 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert {n: study.trials[n].user_attrs["rungs"] for n in kept} == kept
+    for t in finished:
+        if "rungs" not in t.user_attrs:  # an invalid sample, pruned before measuring
+            continue
+        full = len(t.user_attrs["rungs"]) == 3
+        assert full == (t.state == TrialState.COMPLETE) == ("stopped_at_rung" not in t.user_attrs)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
@@ -53,13 +55,25 @@ def _quiet_lightning():
     stack.enter_context(warnings.catch_warnings())
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
     return stack
 
 
-def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None) -> TrainResult:
+def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None,
+                schedule_steps: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrainResult:
+    """Train ``cfg.scaled(spec)`` for ``cfg.steps`` steps and validate.
+
+    Rungs of a multi-fidelity search train one run in pieces: ``schedule_steps`` is the length of the
+    whole run (the one-cycle schedule spans it; default ``cfg.steps``), and ``checkpoint`` a file that, when
+    it exists, holds the run's state after an earlier piece (model, optimiser, schedule, step, loss sum):
+    training resumes from it up to ``cfg.steps`` and saves its state there again.
+    """
     import lightning as L
 
     cfg = config or TrainProxyConfig()
+    total = schedule_steps or cfg.steps
+    if total < cfg.steps:
+        raise ValueError(f"schedule_steps {total} < steps {cfg.steps}")
     scaled = cfg.scaled(spec)
     train_set, val_set, num_classes = load_data(cfg, cfg.train_size, cfg.val_size)
     history: List[Dict[str, float]] = []
@@ -105,9 +119,20 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
                 else:
                     trial.set_user_attr("train_history", list(history))
 
+        def on_save_checkpoint(self, state: dict) -> None:
+            state["archsearch"] = {"loss_sum": self.loss_sum, "first_train_loss": self.first_train_loss,
+                                   "last_train_loss": self.last_train_loss, "history": list(history)}
+
+        def on_load_checkpoint(self, state: dict) -> None:
+            saved = state.get("archsearch", {})
+            self.loss_sum = saved.get("loss_sum", 0.0)
+            self.first_train_loss = saved.get("first_train_loss", float("nan"))
+            self.last_train_loss = saved.get("last_train_loss", float("nan"))
+            history[:0] = saved.get("history", [])
+
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -122,9 +147,15 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             deterministic=False,
         )
         start = time.perf_counter()
-        trainer.fit(module, train_loader, val_loader)
+        resume = str(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
         if not history or history[-1]["step"] != trainer.global_step:
             trainer.validate(module, val_loader, verbose=False)
+        if checkpoint is not None:
+            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{checkpoint}.{os.getpid()}.tmp")
+            trainer.save_checkpoint(str(tmp))
+            tmp.replace(checkpoint)
     final = history[-1]
     return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss,
                        module.loss_sum, history, time.perf_counter() - start, asdict(cfg), scaled.spec_hash)

@@ -1,0 +1,110 @@
+"""The promotion rule of a multi-fidelity multi-objective search (asynchronous successive halving whose
+ranking is non-dominated sorting, as in Syne Tune's MOASHA).
+
+A trial that finished rung ``r`` continues to rung ``r + 1`` only if it is among the top ``max(1, n // eta)``
+of the ``n`` trials finished at rung ``r`` so far (itself included), ranked by non-dominated sorting over the
+study's objectives with the rung's accuracy, ties inside a front broken by crowding distance (larger
+first: the front's extremes and sparse regions go on), then by trial number (earlier first). The decision
+is made at once: a worker never waits for a rung to fill (the "stopping" variant of ASHA), so the first
+trial at a rung always continues and later ones must beat the rung's standing.
+
+Pure functions of a rung table, so that every worker decides alike from the same stored values.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Hashable, List, Mapping, Sequence
+
+__all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank"]
+
+
+def _points(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> Dict[Hashable, tuple]:
+    """Every trial's values as a point to minimise; a NaN counts as the worst value."""
+    pts = {}
+    for k, v in table.items():
+        if len(v) != len(directions):
+            raise ValueError(f"trial {k}: {len(v)} values for {len(directions)} objectives")
+        pts[k] = tuple(math.inf if math.isnan(x) else (x if d == "minimize" else -x) for x, d in zip(map(float, v), directions))
+    return pts
+
+
+def _dominates(a: tuple, b: tuple) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def _fronts(pts: Mapping[Hashable, tuple]) -> List[List[Hashable]]:
+    left = dict(pts)
+    fronts: List[List[Hashable]] = []
+    while left:
+        front = [k for k, p in left.items() if not any(_dominates(q, p) for j, q in left.items() if j != k)]
+        fronts.append(front)
+        for k in front:
+            del left[k]
+    return fronts
+
+
+def nondominated_fronts(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> List[List[Hashable]]:
+    """Fronts of ``table`` (id -> objective values), best first; a NaN value counts as the worst."""
+    return _fronts(_points(table, directions))
+
+
+def crowding_distance(front: Sequence[Hashable], table: Mapping[Hashable, Sequence[float]]) -> Dict[Hashable, float]:
+    """NSGA-II's crowding distance of each member of ``front`` (inf for a front of at most two, and at the
+    extremes of each objective along which the front is spread)."""
+    if len(front) <= 2:
+        return {k: math.inf for k in front}
+    dist = {k: 0.0 for k in front}
+    for m in range(len(table[front[0]])):
+        order = sorted(front, key=lambda k: table[k][m])
+        lo, hi = table[order[0]][m], table[order[-1]][m]
+        if not hi > lo or math.isinf(hi - lo):  # all equal (or unbounded) along m: no one is an extreme
+            continue
+        dist[order[0]] = dist[order[-1]] = math.inf
+        for prev, k, nxt in zip(order, order[1:], order[2:]):
+            dist[k] += (table[nxt][m] - table[prev][m]) / (hi - lo)
+    return dist
+
+
+def rank(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> List[Hashable]:
+    """Every id of ``table``, best first: front, then crowding distance (larger first), then id."""
+    pts = _points(table, directions)
+    out: List[Hashable] = []
+    for front in _fronts(pts):
+        crowd = crowding_distance(front, pts)
+        out += sorted(front, key=lambda k: (-crowd[k], k))
+    return out
+
+
+def promotes(trial: Hashable, table: Mapping[Hashable, Sequence[float]], directions: Sequence[str], eta: int) -> bool:
+    """Whether ``trial`` (one of ``table``'s ids: the trials finished at this rung) goes on to the next rung."""
+    if eta < 2:
+        raise ValueError(f"eta must be >= 2, got {eta}")
+    if trial not in table:
+        raise KeyError(trial)
+    keep = max(1, len(table) // eta)
+    return trial in rank(table, directions)[:keep]
+
+
+def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
+    """How a multi-fidelity study spent its training: trials stopped at each rung, trials that reached the
+    last, and the training steps saved against training every one of them to the full budget.
+    ``trials``: Optuna trials (their ``user_attrs`` ``rungs``/``stopped_at_rung``) that finished."""
+    stopped = {str(i): 0 for i in range(len(rungs) - 1)}  # str keys: the summary is stored as JSON
+    full, trained = 0, 0
+    for t in trials:
+        done = t.user_attrs.get("rungs")
+        if not done:
+            continue
+        at = t.user_attrs.get("stopped_at_rung")
+        if at is None:
+            if len(done) == len(rungs):
+                full += 1
+                trained += rungs[-1]
+            continue
+        stopped[str(at)] = stopped.get(str(at), 0) + 1
+        trained += rungs[int(at)]
+    n = full + sum(stopped.values())
+    budget = n * rungs[-1]
+    return {"rungs": list(rungs), "stopped_at": stopped, "full_budget": full, "trials": n,
+            "steps_trained": trained, "steps_if_all_full": budget,
+            "saved_fraction": round(1 - trained / budget, 3) if budget else 0.0}

@@ -1,0 +1,61 @@
+"""The multi-fidelity promotion rule on hand-made rung tables."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from archsearch._rungs import crowding_distance, nondominated_fronts, promotes, rank
+
+MIN_MAX = ["minimize", "maximize"]  # e.g. latency, accuracy
+
+
+def test_fronts_and_rank():
+    table = {0: (10.0, 0.8), 1: (5.0, 0.7), 2: (12.0, 0.6), 3: (5.0, 0.9), 4: (20.0, 0.95)}
+    fronts = [sorted(f) for f in nondominated_fronts(table, MIN_MAX)]
+    assert fronts == [[3, 4], [0, 1], [2]]
+    assert rank(table, MIN_MAX)[:2] in ([3, 4], [4, 3]) and rank(table, MIN_MAX)[-1] == 2
+
+
+def test_top_third_promotes_asynchronously():
+    table = {0: (10.0, 0.8)}
+    assert promotes(0, table, MIN_MAX, eta=3), "the first trial at a rung always continues"
+    table[1] = (12.0, 0.7)  # dominated by 0
+    assert not promotes(1, table, MIN_MAX, eta=3)
+    table[2] = (8.0, 0.85)  # dominates 0: best of three
+    assert promotes(2, table, MIN_MAX, eta=3)
+    for i, v in enumerate([(30.0, 0.5), (31.0, 0.4), (32.0, 0.3)], start=3):
+        table[i] = v
+    # Six finished: the top two go on; a new non-dominated trial of a sparse region is one of them.
+    table[6] = (2.0, 0.5)
+    assert len(table) == 7 and promotes(6, table, MIN_MAX, eta=3) and promotes(2, table, MIN_MAX, eta=3)
+    assert not promotes(0, table, MIN_MAX, eta=3)
+
+
+def test_ties_are_broken_by_crowding_then_trial_number():
+    # Four mutually non-dominated trials: the extremes (infinite crowding) go first, then the earlier.
+    table = {0: (1.0, 0.1), 1: (2.0, 0.5), 2: (3.0, 0.55), 3: (4.0, 0.9)}
+    crowd = crowding_distance([0, 1, 2, 3], table)
+    assert crowd[0] == crowd[3] == math.inf and crowd[1] > 0 and crowd[2] > 0
+    assert rank(table, MIN_MAX)[:2] == [0, 3]
+    # Identical values: the earlier trial wins.
+    same = {5: (1.0, 0.5), 3: (1.0, 0.5), 4: (1.0, 0.5)}
+    assert rank(same, MIN_MAX)[0] == 3 and promotes(3, same, MIN_MAX, eta=3) and not promotes(5, same, MIN_MAX, eta=3)
+
+
+def test_a_single_objective_is_plain_successive_halving():
+    table = {i: (acc,) for i, acc in enumerate([0.5, 0.9, 0.7, 0.6, 0.8, 0.4, 0.3, 0.2, 0.1])}
+    winners = [i for i in table if promotes(i, table, ["maximize"], eta=3)]
+    assert winners == [1, 2, 4]  # accuracies 0.9, 0.7, 0.8: the top third of nine
+    assert [i for i in table if promotes(i, table, ["maximize"], eta=2)] == [1, 2, 3, 4]
+
+
+def test_nan_counts_as_worst_and_bad_input_is_refused():
+    table = {0: (float("nan"), 0.5), 1: (5.0, 0.5)}
+    assert rank(table, MIN_MAX) == [1, 0]
+    with pytest.raises(ValueError):
+        promotes(0, table, MIN_MAX, eta=1)
+    with pytest.raises(KeyError):
+        promotes(9, table, MIN_MAX, eta=3)
+    with pytest.raises(ValueError):
+        nondominated_fronts({0: (1.0,)}, MIN_MAX)
