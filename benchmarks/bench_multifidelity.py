@@ -1,0 +1,123 @@
+"""Rung search vs plain search at equal wall-clock: hypervolume of each final front, re-evaluated at the
+full training budget.
+
+The same experiment runs twice per seed: with its ``fidelity:`` rungs, and without them (every trial trains
+the last rung's steps). Each run gets ``--budget-s`` seconds (``timeout_s``), an in-memory study and a
+private measurement cache (no run is served another's measurements). Every member of each final Pareto
+front is then re-measured with a plain training of the full budget, so both fronts are judged alike; the
+objectives are normalised over all re-evaluated points of that seed and the hypervolume is taken against
+(1.1, ..., 1.1). Each finished (seed, mode) is appended to ``--log`` so that an interrupted benchmark
+resumes.
+
+    python benchmarks/bench_multifidelity.py [--trials-file trials/quickstart_rungs.yaml] [--budget-s 1800]
+        [--seeds 0 1 2] [KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, stamp, write  # noqa: E402
+
+from optuna._hypervolume import compute_hypervolume  # noqa: E402  (Optuna's WFG; no public equivalent)
+
+from archsearch.metrics import Measurer  # noqa: E402
+from archsearch.pareto import pareto_rows  # noqa: E402
+from archsearch.search import SearchRunner  # noqa: E402
+from archsearch.trials import load_trials  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: float) -> dict:
+    base = load_trials(trials_file, overrides)
+    if base.fidelity is None:
+        raise SystemExit(f"{trials_file} has no fidelity: section")
+    full = base.fidelity.rungs[-1]
+    extra = [f"study_name=bench-{mode}-{seed}", "storage=memory", "tracking.enabled=false", f"sampler.seed={seed}",
+             f"timeout_s={budget_s}", "n_trials=100000", f"measure.train.steps={full}"]
+    if mode == "plain":
+        extra.append("fidelity=null")
+    cfg = load_trials(trials_file, [*overrides, *extra])
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["ARCHSEARCH_CACHE_DIR"] = cache
+        t0 = time.perf_counter()
+        runner = SearchRunner(cfg, warn=lambda m: None)
+        result = runner.finish(runner.run())
+        wall = time.perf_counter() - t0
+        front = pareto_rows(result.study)
+        # Re-evaluate the front with a plain full-budget training (the same measurer options).
+        names = [o.name for o in cfg.objectives]
+        measurer = Measurer(cfg.measure)
+        values = [measurer.values(r.spec, r.resolution, names)[0] for r in front]
+    return {"seed": seed, "mode": mode, "budget_s": budget_s, "wall_s": round(wall, 1), "states": result.states,
+            "rungs": result.rungs, "front": [[v[n] for n in names] for v in values],
+            "front_archs": [r.spec.code for r in front], "objectives": names,
+            "directions": [o.direction for o in cfg.objectives]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials-file", default=str(ROOT / "trials" / "quickstart_rungs.yaml"))
+    ap.add_argument("--budget-s", type=float, default=1800.0, help="wall-clock seconds per run")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--name", default="multifidelity")
+    ap.add_argument("--log", default=None, help="finished units, one JSON line each (default results/NAME.jsonl)")
+    args, overrides = ap.parse_known_args()
+    log = Path(args.log or RESULTS / f"{args.name}.jsonl")
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: that unit runs again
+            done[(rec["seed"], rec["mode"])] = rec
+    for seed in args.seeds:
+        for mode in ("rungs", "plain"):
+            if (seed, mode) in done:
+                continue
+            rec = run_one(args.trials_file, overrides, seed, mode, args.budget_s)
+            done[(seed, mode)] = rec
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+            print(seed, mode, rec["wall_s"], "s", len(rec["front"]), "on the front", rec["states"], flush=True)
+    hv = {}
+    for seed in args.seeds:
+        recs = [done[(seed, m)] for m in ("rungs", "plain")]
+        sign = np.array([1.0 if d == "minimize" else -1.0 for d in recs[0]["directions"]])
+        pts_all = np.array([p for r in recs for p in r["front"]]) * sign
+        lo, hi = pts_all.min(axis=0), pts_all.max(axis=0)
+        scale = np.where(hi > lo, hi - lo, 1.0)
+        for r in recs:
+            pts = (np.array(r["front"]) * sign - lo) / scale
+            hv[(seed, r["mode"])] = float(compute_hypervolume(pts, np.full(pts.shape[1], 1.1))) if len(pts) else 0.0
+    med = {m: statistics.median(hv[(s, m)] for s in args.seeds) for m in ("rungs", "plain")}
+    first = done[(args.seeds[0], "rungs")]
+    md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
+          f"Experiment `{Path(args.trials_file).name}` (overrides: {' '.join(overrides) or 'none'}); objectives "
+          + ", ".join(f"{n} ({d})" for n, d in zip(first["objectives"], first["directions"]))
+          + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps. Fronts re-evaluated at the full "
+          "training budget, normalised per seed over both fronts, reference point 1.1.\n",
+          "| mode | " + " | ".join(f"seed {s}" for s in args.seeds) + " | median | trials finished (per seed) |",
+          "| --- |" + " ---: |" * (len(args.seeds) + 1) + " --- |"]
+    for m in ("rungs", "plain"):
+        fin = [sum(v for k, v in done[(s, m)]["states"].items() if k in ("COMPLETE", "PRUNED")) for s in args.seeds]
+        md.append(f"| {m} | " + " | ".join(f"{hv[(s, m)]:.4f}" for s in args.seeds) + f" | **{med[m]:.4f}** | {fin} |")
+    write(args.name, {"stamp": stamp(), "hypervolume": {f"{s}/{m}": v for (s, m), v in hv.items()}, "median": med,
+                      "runs": [done[(s, m)] for s in args.seeds for m in ("rungs", "plain")]}, "\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
