@@ -160,6 +160,8 @@ def report_ablation(directory: Path, out: Path) -> Path:
     for r in rows:
         if isinstance(r.get("macs"), (int, float)):
             r["gmacs"] = r["macs"] / 1e9
+        if isinstance(r.get("params"), (int, float)):
+            r["mparams"] = r["params"] / 1e6
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     for metric, label, err, log, name in [
@@ -172,7 +174,7 @@ def report_ablation(directory: Path, out: Path) -> Path:
             plots.append(name)
     if _ttft_plot(rows, out / "ttft_breakdown.png"):
         plots.append("ttft_breakdown.png")
-    cols = [c for c in ("variant", "resolution", "tokens", "gmacs", "latency_ms", "latency_iqr_ms", "encoder_ms",
+    cols = [c for c in ("variant", "resolution", "mparams", "tokens", "gmacs", "latency_ms", "latency_iqr_ms", "encoder_ms",
                         "prefill_ms", "ttft_ms") if any(c in r for r in rows)]
     md = [f"# Ablation `{meta['name']}`\n", meta.get("description", ""), "",
           f"Regenerate: `{meta.get('command') or 'archsearch ablate ...'}` then `archsearch report {directory} --out {out}`",

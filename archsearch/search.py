@@ -358,8 +358,17 @@ class SearchRunner:
                 found, _ = draw(self.space, n, seed=12345)
                 start = time.perf_counter()
                 self.warn(f"fitting the latency predictor on {len(found)} whole models of {self.space.name} "
-                          f"(once per table, {predictor.path.name}; about {len(found)} x a latency measurement)")
-                predictor.fit_scale([(c.spec, c.resolution) for c in found])
+                          f"before the first trial (once per table: {predictor.path.name})")
+                timed = []
+
+                def progress(_arch: str) -> None:
+                    timed.append(time.perf_counter())
+                    if len(timed) == 1 and len(found) > 1:
+                        took = timed[0] - start
+                        self.warn(f"predictor fit: model 1 of {len(found)} took {took:.0f} s; about "
+                                  f"{took * (len(found) - 1):.0f} s to go")
+
+                predictor.fit_scale([(c.spec, c.resolution) for c in found], progress=progress)
                 self.warn(f"latency predictor fitted in {time.perf_counter() - start:.0f} s: scale {predictor.scale:.3g}, "
                           f"exponent {predictor.exponent:.3f}")
             stored = predictor.identity()
