@@ -95,6 +95,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def handler(signum, frame):  # noqa: ARG001 - the signal handler's signature
+        global _TERMINATED
+        _TERMINATED = True
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -102,3 +104,28 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_TERMINATED = False
+
+
+def interruption() -> KeyboardInterrupt:
+    """The interrupt to raise again after a library swallowed one (Lightning turns Ctrl-C into
+    ``sys.exit(1)``): :class:`Terminated` after a SIGTERM, else KeyboardInterrupt."""
+    return Terminated() if _TERMINATED else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def keep_sigint() -> Iterator[None]:
+    """Put SIGINT's handler back after the block (Lightning sets it to "ignore" when it is interrupted)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

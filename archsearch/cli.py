@@ -426,7 +426,10 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     budget = args.n_trials or cfg.n_trials
     before = runner.counted_trials()
     try:
-        with _progress() as progress:
+        # A Ctrl-C or SIGTERM that lands inside a database commit makes SQLAlchemy log the interrupted
+        # commit with its traceback; the command says "interrupted" in one line instead.
+        with _progress() as progress, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL,
+                                                           "sqlalchemy.engine": logging.CRITICAL}):
             task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
             result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
     except KeyboardInterrupt as e:

@@ -148,9 +148,17 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
         )
         start = time.perf_counter()
         resume = str(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
-        if not history or history[-1]["step"] != trainer.global_step:
-            trainer.validate(module, val_loader, verbose=False)
+        # Lightning answers Ctrl-C (and our SIGTERM) with sys.exit(1) and then ignores SIGINT: the caller
+        # must see the interrupt itself, so that a search marks the trial and exits 130/143.
+        with _scoped.keep_sigint():
+            try:
+                trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
+                if not history or history[-1]["step"] != trainer.global_step:
+                    trainer.validate(module, val_loader, verbose=False)
+            except SystemExit:
+                if trainer.interrupted:
+                    raise _scoped.interruption() from None
+                raise
         if checkpoint is not None:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(f"{checkpoint}.{os.getpid()}.tmp")

@@ -43,12 +43,16 @@ def test_predictor_within_a_loose_bound(tmp_path):
     candidates, _ = draw(load_space(fastvit, ["resolution=[96]"]), 8, seed=2)
     tiny = [(c.spec.scaled(width_mult=0.25, max_depth=2), 96) for c in candidates]
     predictor.fit_scale(tiny[:3])
-    errors = []
+    ratios = []
     for spec, res in tiny[3:]:
         measured = measure_latency(spec, res, CFG).latency_ms
-        errors.append(abs(predictor.predict(spec, res) - measured) / measured)
-    # Loose on purpose: a shared 2-core CI machine; benchmarks/ has the real accuracy figures.
-    assert statistics.median(errors) < 0.5, errors
+        ratios.append(predictor.predict(spec, res) / measured)
+    # Loose on purpose: a shared 2-core CI machine whose speed drifts between the fit and the checks
+    # (an absolute table moves with it; benchmarks/ has the real accuracy figures with interleaved
+    # timing). The predictor must get the specs' relative latencies right and the scale roughly.
+    mid = statistics.median(ratios)
+    assert 0.4 < mid < 2.5, ratios
+    assert statistics.median(abs(r / mid - 1) for r in ratios) < 0.3, ratios
     reloaded = LatencyPredictor(CFG, path=tmp_path / "lut.json", statistic="median")
     assert reloaded.entries == predictor.entries and reloaded.scale == predictor.scale
 
