@@ -67,9 +67,15 @@ def _env(tmp: Path) -> dict:
     return {**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
+def _default_sigint() -> None:
+    # A harness that runs the suite in the background (`cmd &` in a script) starts it with SIGINT ignored,
+    # and children inherit that; the workers here must see Ctrl-C as a user's terminal sends it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(args, tmp: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp, env=_env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
 def _mlflow_trial_numbers(uri: str, experiment: str = "t") -> list[int]:
