@@ -144,6 +144,7 @@ class TimmEncoder:
         return {"params": 4 * params, "activations": 4 * acts * max(1, int(batch))}
 
 
+@functools.lru_cache(maxsize=None)
 def _features_module():
     import torch.nn as nn
 
