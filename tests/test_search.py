@@ -391,7 +391,15 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
     victim = _cli(["search", str(path), "measure.latency.repeats=3000", "grace_s=600", "tracking.enabled=false"], tmp_path)
-    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+
+    def running_with_worker() -> bool:  # killed before it names its worker, a trial waits for grace_s
+        try:
+            study = optuna.load_study(study_name="t", storage=url)
+        except KeyError:
+            return False
+        return any("worker" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    _wait_for(running_with_worker, 240, "a running trial that names its worker")
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false"], tmp_path)
