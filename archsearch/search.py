@@ -486,10 +486,16 @@ class SearchRunner:
         with _scoped.optuna_verbosity(optuna.logging.ERROR):
             return self._run(n_trials=n_trials, on_trial=on_trial)
 
-    def _run(self, *, n_trials: Optional[int], on_trial: Optional[Callable[[int, int], None]]) -> SearchResult:
-        budget = n_trials or self.cfg.n_trials
+    def prepare(self) -> None:
+        """What a study does once before its first trial: record its objectives and space, calibrate and freeze
+        the latency predictor (when an objective predicts latency), evaluate its references. ``run`` calls it;
+        calling it first only does that work up front (a benchmark calibrates outside its timed budget)."""
         with self.lock.held():
             self._prepare_study()
+
+    def _run(self, *, n_trials: Optional[int], on_trial: Optional[Callable[[int, int], None]]) -> SearchResult:
+        budget = n_trials or self.cfg.n_trials
+        self.prepare()
         deadline = None if self.cfg.timeout_s is None else time.monotonic() + self.cfg.timeout_s
         ran, stopped = 0, "budget"
         failed_in_a_row = 0

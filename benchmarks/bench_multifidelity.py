@@ -3,7 +3,8 @@ full training budget.
 
 The same experiment runs twice per seed: with its ``fidelity:`` rungs, and without them (every trial trains
 the last rung's steps). Each run gets ``--budget-s`` seconds (``timeout_s``), an in-memory study and a
-private measurement cache (no run is served another's measurements). Every member of each final Pareto
+private measurement cache (no run is served another's measurements) that starts from one latency table
+calibrated before the first run (the predictor fit is paid once, outside every budget). Every member of each final Pareto
 front is then re-measured with a plain training of the full budget, so both fronts are judged alike; the
 objectives are normalised over all re-evaluated points of that seed and the hypervolume is taken against
 (1.1, ..., 1.1). Each finished (seed, mode) is appended to ``--log`` so that an interrupted benchmark
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,7 +41,18 @@ from archsearch.trials import load_trials  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: float) -> dict:
+def calibrate(trials_file: str, overrides: list, into: Path) -> None:
+    """Fit the latency predictor once (its block table and whole-model fit) into ``into``; every run starts
+    from a copy of it, so no run's budget pays for calibration and all price on the same table."""
+    if (into / "latency_lut").exists():
+        return
+    cfg = load_trials(trials_file, [*overrides, "study_name=bench-calibrate", "storage=memory",
+                                    "tracking.enabled=false", "enqueue=[]"])
+    os.environ["ARCHSEARCH_CACHE_DIR"] = str(into)
+    SearchRunner(cfg, warn=lambda m: print(m, flush=True)).prepare()
+
+
+def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: float, lut: Path) -> dict:
     base = load_trials(trials_file, overrides)
     if base.fidelity is None:
         raise SystemExit(f"{trials_file} has no fidelity: section")
@@ -51,6 +64,8 @@ def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: f
     cfg = load_trials(trials_file, [*overrides, *extra])
     with tempfile.TemporaryDirectory() as cache:
         os.environ["ARCHSEARCH_CACHE_DIR"] = cache
+        if (lut / "latency_lut").exists():
+            shutil.copytree(lut / "latency_lut", Path(cache) / "latency_lut")
         t0 = time.perf_counter()
         runner = SearchRunner(cfg, warn=lambda m: None)
         result = runner.finish(runner.run())
@@ -83,16 +98,19 @@ def main() -> None:
             except ValueError:
                 continue  # a line cut short by a kill: that unit runs again
             done[(rec["seed"], rec["mode"])] = rec
+    lut = Path(tempfile.mkdtemp(prefix="archsearch-bench-lut-"))
     for seed in args.seeds:
         for mode in ("rungs", "plain"):
             if (seed, mode) in done:
                 continue
-            rec = run_one(args.trials_file, overrides, seed, mode, args.budget_s)
+            calibrate(args.trials_file, overrides, lut)
+            rec = run_one(args.trials_file, overrides, seed, mode, args.budget_s, lut)
             done[(seed, mode)] = rec
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
             print(seed, mode, rec["wall_s"], "s", len(rec["front"]), "on the front", rec["states"], flush=True)
+    shutil.rmtree(lut, ignore_errors=True)
     hv = {}
     for seed in args.seeds:
         recs = [done[(seed, m)] for m in ("rungs", "plain")]

@@ -390,18 +390,21 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     # The dead worker ran on this host: its trial is failed and retried at once, not after grace_s (600 s).
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
-    victim = _cli(["search", str(path), "measure.latency.repeats=3000", "grace_s=600", "tracking.enabled=false"], tmp_path)
+    # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials).
+    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "grace_s=600", "tracking.enabled=false"], tmp_path)
 
-    def running_with_worker() -> bool:  # killed before it names its worker, a trial waits for grace_s
+    def measuring() -> list:  # a trial killed before it names its worker waits for grace_s (documented)
         try:
             study = optuna.load_study(study_name="t", storage=url)
         except KeyError:
-            return False
-        return any("worker" in t.user_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            return []
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if "worker" in t.user_attrs and "spec" in t.user_attrs]
 
-    _wait_for(running_with_worker, 240, "a running trial that names its worker")
+    _wait_for(measuring, 240, "a running trial that names its worker and is being measured")
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
+    assert measuring(), "the kill landed inside a measurement"
     rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false"], tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
