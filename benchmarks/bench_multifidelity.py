@@ -75,10 +75,26 @@ def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: f
         names = [o.name for o in cfg.objectives]
         measurer = Measurer(cfg.measure)
         values = [measurer.values(r.spec, r.resolution, names)[0] for r in front]
-    return {"seed": seed, "mode": mode, "budget_s": budget_s, "wall_s": round(wall, 1), "states": result.states,
+    import torch
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"seed": seed, "mode": mode, "budget_s": budget_s, "wall_s": round(wall, 1), "cores": cores,
+            "torch_threads": torch.get_num_threads(), "states": result.states,
             "rungs": result.rungs, "front": [[v[n] for n in names] for v in values],
             "front_archs": [r.spec.code for r in front], "objectives": names,
             "directions": [o.direction for o in cfg.objectives]}
+
+
+def _read(log: Path) -> dict:
+    done = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill: that unit runs again
+            done[(rec["seed"], rec["mode"])] = rec
+    return done
 
 
 def main() -> None:
@@ -88,19 +104,18 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--name", default="multifidelity")
     ap.add_argument("--log", default=None, help="finished units, one JSON line each (default results/NAME.jsonl)")
+    ap.add_argument("--modes", nargs="+", choices=("rungs", "plain"), default=["rungs", "plain"],
+                    help="run only these modes (two processes, one per mode, side by side on a 2-core machine see "
+                         "the same conditions); the report is written once the log holds every (seed, mode)")
+    ap.add_argument("--lut", default=None,
+                    help="the calibrated latency table's folder, shared by processes run side by side (default: a "
+                         "temporary one); calibrated on first use")
     args, overrides = ap.parse_known_args()
     log = Path(args.log or RESULTS / f"{args.name}.jsonl")
-    done = {}
-    if log.exists():
-        for line in log.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill: that unit runs again
-            done[(rec["seed"], rec["mode"])] = rec
-    lut = Path(tempfile.mkdtemp(prefix="archsearch-bench-lut-"))
+    done = _read(log)
+    lut = Path(args.lut) if args.lut else Path(tempfile.mkdtemp(prefix="archsearch-bench-lut-"))
     for seed in args.seeds:
-        for mode in ("rungs", "plain"):
+        for mode in args.modes:
             if (seed, mode) in done:
                 continue
             calibrate(args.trials_file, overrides, lut)
@@ -110,7 +125,13 @@ def main() -> None:
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
             print(seed, mode, rec["wall_s"], "s", len(rec["front"]), "on the front", rec["states"], flush=True)
-    shutil.rmtree(lut, ignore_errors=True)
+    if not args.lut:
+        shutil.rmtree(lut, ignore_errors=True)
+    done = _read(log)  # a process run side by side may have added the other mode meanwhile
+    missing = [(s, m) for s in args.seeds for m in ("rungs", "plain") if (s, m) not in done]
+    if missing:
+        print(f"no report yet: {log} lacks {missing}", flush=True)
+        return
     hv = {}
     for seed in args.seeds:
         recs = [done[(seed, m)] for m in ("rungs", "plain")]
@@ -123,11 +144,14 @@ def main() -> None:
             hv[(seed, r["mode"])] = float(compute_hypervolume(pts, np.full(pts.shape[1], 1.1))) if len(pts) else 0.0
     med = {m: statistics.median(hv[(s, m)] for s in args.seeds) for m in ("rungs", "plain")}
     first = done[(args.seeds[0], "rungs")]
+    first_of = {m: done[(args.seeds[0], m)] for m in ("rungs", "plain")}
     md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
           f"Experiment `{Path(args.trials_file).name}` (overrides: {' '.join(overrides) or 'none'}); objectives "
           + ", ".join(f"{n} ({d})" for n, d in zip(first["objectives"], first["directions"]))
           + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps. Fronts re-evaluated at the full "
-          "training budget, normalised per seed over both fronts, reference point 1.1.\n",
+          "training budget, normalised per seed over both fronts, reference point 1.1. Conditions: "
+          + "; ".join(f"{m}: cores {first_of[m].get('cores')}, {first_of[m].get('torch_threads')} torch thread(s)"
+                      for m in ("rungs", "plain")) + ".\n",
           "| mode | " + " | ".join(f"seed {s}" for s in args.seeds) + " | median | trials finished (per seed) |",
           "| --- |" + " ---: |" * (len(args.seeds) + 1) + " --- |"]
     for m in ("rungs", "plain"):

@@ -210,6 +210,20 @@ def test_report_and_search_pareto_out_onto_a_file(tmp_path, capsys):
     assert f.read_text() == "x"
 
 
+def test_reading_a_missing_sqlite_file_creates_nothing(tmp_path, capsys):
+    typo = tmp_path / "typo.db"
+    for cmd in (["pareto", "one", "--storage", f"sqlite:///{typo}", "--out", str(tmp_path / "p")],
+                ["report", "one", "--storage", f"sqlite:///{typo}", "--out", str(tmp_path / "r.md")]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no database file" in err and str(typo) in err
+        assert not typo.exists() and not (tmp_path / "p").exists()
+    # An existing file without the study still names the studies that are there.
+    url = _study(tmp_path, "one")
+    assert main(["report", "two", "--storage", url, "--out", str(tmp_path / "r.md")]) == 2
+    assert "studies there: one" in capsys.readouterr().err
+
+
 # --- fuzz ----------------------------------------------------------------------------------------
 
 hypothesis = pytest.importorskip("hypothesis")
