@@ -390,8 +390,10 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     # The dead worker ran on this host: its trial is failed and retried at once, not after grace_s (600 s).
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
-    # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials).
-    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "grace_s=600", "tracking.enabled=false"], tmp_path)
+    # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials); no
+    # reference (it would be timed before any trial, and its enqueued trial is then served from the cache).
+    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "grace_s=600", "tracking.enabled=false",
+                   "enqueue=[]"], tmp_path)
 
     def measuring() -> list:  # a trial killed before it names its worker waits for grace_s (documented)
         try:
@@ -404,8 +406,9 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     _wait_for(measuring, 240, "a running trial that names its worker and is being measured")
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
-    assert measuring(), "the kill landed inside a measurement"
-    rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false"], tmp_path)
+    study = optuna.load_study(study_name="t", storage=url)
+    assert measuring(), [(t.number, t.state.name, sorted(t.user_attrs)) for t in study.get_trials(deepcopy=False)]
+    rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false", "enqueue=[]"], tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert "is gone; the trial is failed and retried" in err and "Traceback" not in err
