@@ -143,8 +143,8 @@ def main() -> None:
             pts = (np.array(r["front"]) * sign - lo) / scale
             hv[(seed, r["mode"])] = float(compute_hypervolume(pts, np.full(pts.shape[1], 1.1))) if len(pts) else 0.0
     med = {m: statistics.median(hv[(s, m)] for s in args.seeds) for m in ("rungs", "plain")}
-    first = done[(args.seeds[0], "rungs")]
     first_of = {m: done[(args.seeds[0], m)] for m in ("rungs", "plain")}
+    first = first_of["rungs"]
     md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
           f"Experiment `{Path(args.trials_file).name}` (overrides: {' '.join(overrides) or 'none'}); objectives "
           + ", ".join(f"{n} ({d})" for n, d in zip(first["objectives"], first["directions"]))

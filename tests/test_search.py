@@ -406,8 +406,7 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     _wait_for(measuring, 240, "a running trial that names its worker and is being measured")
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
-    study = optuna.load_study(study_name="t", storage=url)
-    assert measuring(), [(t.number, t.state.name, sorted(t.user_attrs)) for t in study.get_trials(deepcopy=False)]
+    assert measuring(), _states(url)
     rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false", "enqueue=[]"], tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
