@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from archsearch.errors import ConfigError
-from archsearch.measure.latency import LatencyConfig, LatencyStats, compare_latency, latency_sampler, measure_latency
+from archsearch.measure.latency import (LatencyConfig, LatencyStats, compare_latency, latency_sampler, measure_latency,
+                                        time_modules_interleaved)
 from archsearch.references import get_reference
 
 TINY = get_reference("fastvit_sa12").spec.scaled(width_mult=0.125, max_depth=1)
@@ -59,6 +60,32 @@ def test_interleaved_ratio():
     assert cmp.ratio.repeats == 5 and cmp.conditions["interleaved"] is True
     same = compare_latency(TINY, TINY, 64, LatencyConfig(threads=1, warmup=2, repeats=9))
     assert 0.5 < same.ratio.median_ms < 2.0
+
+
+class _Sleep(torch.nn.Module):
+    """A forward of a known length: what the interleaving does is then exact, whatever the machine."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x):
+        import time
+
+        time.sleep(self.ms / 1000)
+        return x
+
+
+def test_interleaved_times_a_short_b_in_bursts_after_a_long_a():
+    x = torch.zeros(1)
+    cfg = LatencyConfig(threads=1, warmup=1, repeats=3)
+    a, b, ratio = time_modules_interleaved((_Sleep(60), x), (_Sleep(2), x), cfg)
+    # B is 1/30 of A: bursts of 5 (the cap; a quarter of A would allow 7), one ratio per A.
+    assert a.repeats == 3 and b.repeats == 15 and ratio.repeats == 3
+    assert 18 < ratio.median_ms < 32
+    # Comparable lengths: one B per A, as before.
+    a, b, ratio = time_modules_interleaved((_Sleep(6), x), (_Sleep(4), x), cfg)
+    assert a.repeats == b.repeats == ratio.repeats == 3
 
 
 @pytest.mark.parametrize(
