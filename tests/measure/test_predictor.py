@@ -86,6 +86,23 @@ def test_power_fit_recovers_exponent():
     assert _fit_power(rows[:2]) == (pytest.approx(statistics.median([0.5 * 10**0.1, 0.5 * 20**0.1])), 1.0)
 
 
+def test_fitted_curve_is_not_extrapolated_beyond_the_fitted_sums(tmp_path):
+    predictor = LatencyPredictor(CFG, path=tmp_path / "lut.json")
+    predictor.scale, predictor.exponent, predictor.sum_range = 0.5, 1.1, (10.0, 160.0)
+    assert predictor._apply(40.0) == pytest.approx(0.5 * 40**1.1)  # inside: the fitted curve
+    # Beyond the largest fitted sum: proportional to the sum from that end (continuous there).
+    assert predictor._apply(160.0) == pytest.approx(0.5 * 160**1.1)
+    assert predictor._apply(800.0) == pytest.approx(0.5 * 160**1.1 * 5)
+    assert predictor._apply(5.0) == pytest.approx(0.5 * 10**1.1 / 2)
+    # The range travels with the identity a study stores and freezes.
+    other = LatencyPredictor(CFG, path=tmp_path / "other.json")
+    other.freeze({**predictor.identity(), "probe_ms": 30.0})
+    assert other.sum_range == (10.0, 160.0) and other._apply(800.0) == pytest.approx(predictor._apply(800.0))
+    # A study stored before the range existed: the plain curve, as then.
+    other.freeze({"scale": 0.5, "exponent": 1.1, "probe_ms": 30.0})
+    assert other.sum_range is None and other._apply(800.0) == pytest.approx(0.5 * 800**1.1)
+
+
 def test_unknown_statistic_is_refused():
     with pytest.raises(ConfigError, match="statistic"):
         LatencyPredictor(CFG, statistic="mean")
