@@ -6,9 +6,18 @@
 # Back here, append the new lines (those after $OUT/fid/lines_before) and re-analyse:
 #   tail -n +$(( $(cat <files_at>/fid/lines_before) + 1 )) <files_at>/fid/runs.jsonl >> analysis/proxy_fidelity/runs.jsonl
 #   archsearch proxy-fidelity search_spaces/fastvithd.yaml --out analysis/proxy_fidelity --analyse-only
-# Needs wheels for what the machine's image lacks in .whl/ and Fashion-MNIST's IDX files in .data/ (carried).
+# Needs wheels for what the machine's image lacks in .whl/ and Fashion-MNIST's IDX files in .data/ (carried:
+# both are git-ignored). Make them here first, once per machine:  bash benchmarks/fidelity_gpu.sh --prepare
+# then run on the device with carry [".whl", ".data"]:  DEADLINE_S=530 WORKERS=16 bash benchmarks/fidelity_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  python3 -m pip download -q --no-deps -d .whl timm==1.0.31 omegaconf==2.4.0 antlr4-python3-runtime==4.13.2
+  mkdir -p .data && cp /usr/share/datasets/fashion-mnist/* .data/
+  du -sh .whl .data
+  exit 0
+fi
 OUT_DIR="${OUT:-/tmp/fidelity_gpu}"
 mkdir -p "$OUT_DIR/fid"
 if ls .whl/*.whl >/dev/null 2>&1; then
