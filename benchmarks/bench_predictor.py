@@ -50,11 +50,16 @@ def main() -> None:
     ap.add_argument("--default-heap", action="store_true",
                     help="time with glibc's default heap (forwards pay page faults), as before the heap was kept")
     ap.add_argument("--from-json", metavar="PATH", help="re-write the report of a finished run from its JSON (no measuring)")
+    ap.add_argument("--refit", action="store_true",
+                    help="with --from-json: re-fit scale and exponent on the run's measured fit models with this "
+                         "checkout's fit, and re-price its rows from their summed ratios (the measurements stay)")
     args = ap.parse_args()
     if args.from_json:
         path = Path(args.from_json)
         data = json.loads(path.read_text(encoding="utf-8"))
         data["reported"] = stamp()
+        if args.refit:
+            _refit(data)
         _report(data, path.stem)
         return
     spaces = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -102,6 +107,22 @@ def main() -> None:
             "rows": rows, "scale": predictor.scale, "fit": predictor.fit, **({"ttft": ttft} if ttft else {})}
     heap = "_default_heap" if args.default_heap else ""
     _report(data, f"predictor_{args.resolution}_{args.statistic}_t{args.threads}{heap}")
+
+
+def _refit(data: dict) -> None:
+    """Re-price a finished ``relative`` run with this checkout's fit and curve (no re-measuring)."""
+    from archsearch.measure.predictor import _fit_power, _sum_range
+
+    predictor = LatencyPredictor(path=Path("/nonexistent/refit.json"))
+    old = (data["fit"]["scale"], data["fit"]["exponent"])
+    predictor.scale, predictor.exponent = _fit_power(data["fit"]["specs"])
+    predictor.sum_range = _sum_range(data["fit"])
+    data["fit"].update(scale=predictor.scale, exponent=predictor.exponent, sum_range=list(predictor.sum_range))
+    for r in data["rows"]:
+        r["predicted_rel"] = predictor._apply(r["sum_rel"])
+    data["note"] = ((data.get("note") or "") + f" Re-priced with --refit: the fit of the run's own fit models, now "
+                    f"{predictor.scale:.3g} x sum^{predictor.exponent:.3f} (measured {old[0]:.3g} x sum^{old[1]:.3f} at "
+                    f"the time), not extrapolated beyond their sums; every measurement is the run's.").strip()
 
 
 def _share(errs, bound: float) -> float:
@@ -154,12 +175,14 @@ def _report(data: dict, name: str) -> None:
             f"{_summary([r['absolute_rel_error'] for r in rows])}.\n")
     passes = min(len(r.get("passes") or [r]) for r in rows)
     if passes > 1:
-        key = "measured_rel" if relative else "measured_ms"
-        spread = [r["passes"][1][key] / r["passes"][0][key] - 1 for r in rows]
+        def spread(key: str) -> str:
+            return _summary([r["passes"][1][key] / r["passes"][0][key] - 1 for r in rows])
+
         md.append(f"Each model was measured in {passes} passes over all specs (minutes apart; each row is their median), "
                   f"so a slow minute of the machine does not decide a row. The measurement's own repeatability, pass 2 "
-                  f"against pass 1 ({key.replace('_', ' ')}): {_summary(spread)}; no predictor can agree with the "
-                  f"measurement better than the measurement agrees with itself.\n")
+                  f"against pass 1: " + (f"ratios to the probe {spread('measured_rel')}; ms " if relative else "")
+                  + f"{spread('measured_ms')}. No predictor can agree with the measurement better than the measurement "
+                  f"agrees with itself.\n")
     md += [
         f"| arch | res | predicted ms | measured ms | error |" + (" probe ms (per-model) |" if relative else ""),
         "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if relative else ""),

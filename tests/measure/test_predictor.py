@@ -82,6 +82,10 @@ def test_power_fit_recovers_exponent():
     rows = [{"sum_ms": x, "measured_ms": 0.5 * x**1.1} for x in (10, 20, 40, 80, 160)]
     scale, exponent = _fit_power(rows)
     assert exponent == pytest.approx(1.1) and scale == pytest.approx(0.5)
+    # One whole model timed at half its summed blocks does not bend the fit (least squares gave 1.05 here).
+    outlier = rows + [{"sum_ms": 60, "measured_ms": 0.25 * 60**1.1}]
+    scale, exponent = _fit_power(outlier)
+    assert exponent == pytest.approx(1.1, abs=0.02) and scale == pytest.approx(0.5, rel=0.05)
     # Too narrow a span: exponent 1, scale the median ratio.
     assert _fit_power(rows[:2]) == (pytest.approx(statistics.median([0.5 * 10**0.1, 0.5 * 20**0.1])), 1.0)
 
