@@ -247,6 +247,9 @@ class SearchRunner:
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
         self._last_state: Optional[TrialState] = None
+        #: The trial this process's objective is running, and whether an interrupt ended it (see _run).
+        self._trial_id: Optional[int] = None
+        self._interrupted = False
         #: Trials this process ended, by state, and the last error among them (for the run's exit status).
         self.states_here: Dict[str, int] = {}
         self.last_error: Optional[str] = None
@@ -303,6 +306,14 @@ class SearchRunner:
         return out
 
     def objective(self, trial: optuna.Trial) -> List[float]:
+        self._trial_id = trial._trial_id
+        try:
+            return self._objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_scoped.Terminated)
+            self._interrupted = True
+            raise
+
+    def _objective(self, trial: optuna.Trial) -> List[float]:
         # First, so that a rerun on this host can tell at once that the trial's process is gone.
         trial.set_user_attr("worker", _WORKER)
         self.lock.release()  # the trial exists now: other workers may claim the next one
@@ -507,8 +518,16 @@ class SearchRunner:
             try:
                 if self.counted_trials() >= budget:
                     break
-                self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self._log_trial],
-                                    gc_after_trial=False, show_progress_bar=False)
+                try:
+                    self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self._log_trial],
+                                        gc_after_trial=False, show_progress_bar=False)
+                except (AssertionError, optuna.exceptions.StorageInternalError):
+                    if not self._interrupted:
+                        raise
+                    # Optuna could not record the interrupted trial's end (SQLite answered "database is
+                    # locked" once in CI) and left it RUNNING: mark it once more, then stop as asked.
+                    self._fail_interrupted_trial()
+                    raise _scoped.interruption() from None
             finally:
                 self.lock.release()
             ran += 1
@@ -521,6 +540,14 @@ class SearchRunner:
             if on_trial:
                 on_trial(min(self.counted_trials(), budget), budget)
         return SearchResult(self.study, ran, stopped, budget)
+
+    def _fail_interrupted_trial(self) -> None:
+        storage = self.study._storage
+        try:
+            if storage.get_trial(self._trial_id).state == TrialState.RUNNING:
+                storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+        except Exception as e:  # the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)
+            self.warn(f"could not mark the interrupted trial failed ({type(e).__name__}); a rerun will, after grace_s")
 
     # --- the end of a run ---------------------------------------------------------------------------
     def finish(self, result: SearchResult, *, pareto_out: Optional[Path] = None) -> SearchResult:
