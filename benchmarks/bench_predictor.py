@@ -81,12 +81,12 @@ def main() -> None:
             for c in evaluated]
     for n in range(args.passes):
         for c, row in zip(evaluated, rows):
-            predictor.raw_sum_ms(c.spec, c.resolution, measure_missing=True)  # the table first: entries it lacks
+            summed = predictor.raw_sum_ms(c.spec, c.resolution, measure_missing=True)  # entries it lacks first
             if args.statistic == "relative":
                 measured, measured_rel = predictor.measure_relative(c.spec, c.resolution)
                 row["passes"].append({"measured_ms": measured, "measured_rel": measured_rel,
                                       "probe_ms": measured / measured_rel})  # the probe's ms right after the model
-                row.update(sum_rel=predictor.raw_sum_ms(c.spec, c.resolution),
+                row.update(sum_rel=summed,
                            predicted_rel=predictor.predict_relative(c.spec, c.resolution),
                            calibration_probe_ms=predictor.probe_ms)
                 print(f"pass {n} {c.spec.code:28s} predicted {row['predicted_rel']:8.2f} measured {measured_rel:8.2f} probe units "
@@ -95,7 +95,7 @@ def main() -> None:
                 lat = measure_latency(c.spec, c.resolution, cfg)
                 measured = lat.stats.p10_ms if args.statistic == "p10" else lat.stats.median_ms
                 row["passes"].append({"measured_ms": measured, "measured_iqr_ms": lat.stats.iqr_ms})
-                row.update(sum_ms=predictor.raw_sum_ms(c.spec, c.resolution), predicted_ms=predictor.predict(c.spec, c.resolution))
+                row.update(sum_ms=summed, predicted_ms=predictor.predict(c.spec, c.resolution))
                 print(f"pass {n} {c.spec.code:28s} predicted {row['predicted_ms']:8.1f} measured {measured:8.1f} ms", flush=True)
     for row in rows:  # the median over passes (of two: their mean)
         for key in row["passes"][0]:
@@ -111,17 +111,16 @@ def main() -> None:
 
 def _refit(data: dict) -> None:
     """Re-price a finished ``relative`` run with this checkout's fit and curve (no re-measuring)."""
-    from archsearch.measure.predictor import _fit_power, _sum_range
+    from archsearch.measure.predictor import _curve, _fit_power, _sum_range
 
-    predictor = LatencyPredictor(path=Path("/nonexistent/refit.json"))
     old = (data["fit"]["scale"], data["fit"]["exponent"])
-    predictor.scale, predictor.exponent = _fit_power(data["fit"]["specs"])
-    predictor.sum_range = _sum_range(data["fit"])
-    data["fit"].update(scale=predictor.scale, exponent=predictor.exponent, sum_range=list(predictor.sum_range))
+    scale, exponent = _fit_power(data["fit"]["specs"])
+    sum_range = _sum_range(data["fit"])
+    data["fit"].update(scale=scale, exponent=exponent, sum_range=list(sum_range))
     for r in data["rows"]:
-        r["predicted_rel"] = predictor._apply(r["sum_rel"])
+        r["predicted_rel"] = _curve(r["sum_rel"], scale, exponent, sum_range)
     data["note"] = ((data.get("note") or "") + f" Re-priced with --refit: the fit of the run's own fit models, now "
-                    f"{predictor.scale:.3g} x sum^{predictor.exponent:.3f} (measured {old[0]:.3g} x sum^{old[1]:.3f} at "
+                    f"{scale:.3g} x sum^{exponent:.3f} (measured {old[0]:.3g} x sum^{old[1]:.3f} at "
                     f"the time), not extrapolated beyond their sums; every measurement is the run's.").strip()
 
 

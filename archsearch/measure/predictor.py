@@ -322,11 +322,7 @@ class LatencyPredictor:
         """scale * raw ** exponent within the sums the fit saw; beyond them, proportional to the sum from the
         nearest end. At 1024 px the fit's specs summed 21-228 probe units and stride-16 specs 460-850: their
         exponent of 1.015, extrapolated, over-predicted them by 14-17% where the plain sum was within 5%."""
-        if self.sum_range and self.exponent != 1.0:
-            lo, hi = self.sum_range
-            end = min(max(raw, lo), hi)
-            return self.scale * end**self.exponent * raw / end
-        return self.scale * raw**self.exponent
+        return _curve(raw, self.scale, self.exponent, self.sum_range)
 
     def measure_relative(self, spec: ArchSpec, resolution: Resolution) -> Tuple[float, float]:
         """(latency ms, latency / probe) of the whole deploy model, timed interleaved with the probe."""
@@ -355,6 +351,15 @@ class LatencyPredictor:
             self.sum_range = _sum_range(self.fit)
             self.save()
         return self.fit
+
+
+def _curve(raw: float, scale: float, exponent: float, sum_range: Optional[Tuple[float, float]]) -> float:
+    """scale * raw ** exponent, proportional to ``raw`` beyond ``sum_range`` (see ``LatencyPredictor._apply``)."""
+    if sum_range and exponent != 1.0:
+        lo, hi = sum_range
+        end = min(max(raw, lo), hi)
+        return scale * end**exponent * raw / end
+    return scale * raw**exponent
 
 
 def _sum_range(fit: dict) -> Optional[Tuple[float, float]]:
