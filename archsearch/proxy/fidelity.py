@@ -378,6 +378,10 @@ def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int]) 
 ENSEMBLE = ("synflow", "params", "train_loss_sum@{b0}")
 
 
+#: The fewest specs a rank correlation is reported for.
+_MIN_RANKED = 3
+
+
 def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
     common = [i for i in ref if sig.get(i)]
     names = sorted({n for i in common for n in sig[i]}, key=lambda n: (n.split("@")[0], int(n.split("@")[1]) if "@" in n else 0))
@@ -419,10 +423,12 @@ def analyse(out: Path, *, command: str = "") -> dict:
     chosen_name = passing[0][1] if passing else best
     h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost) if h_ref else ({}, [])
+    if len(h_common) < _MIN_RANKED:  # tau over one or two specs is 0 or +-1 whatever the signal: no score
+        h_signals = {}
     chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
               "n_holdout": len(h_common)}
-    if h_common:
+    if len(h_common) >= _MIN_RANKED:
         h_seeds = list(zip(*[h_ref[i] for i in h_common]))
         chosen["noise_ceiling_holdout"] = round(_kendall(h_seeds[0], h_seeds[1]), 3)
         # A confirmation needs every hold-out spec: on a few, tau's interval spans almost [-1, 1].
@@ -570,19 +576,25 @@ def write_report(result: dict, out: Path) -> Path:
         "* The ceiling compares one seed with the other; signals are scored against the mean of both seeds, which "
         "is less noisy than either, so a signal can score above the ceiling.",
         "\n## Every signal\n",
-        "| signal | tau | 95% CI | rho | tau, params partialled out | top-quarter precision | CPU cost per spec (s) |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        f"Scored on the {result['n_specs']} main specs; the last column scores the same signal on the "
+        f"{ch['n_holdout']} hold-out specs (not used to choose; with so few specs its interval is wide).\n",
+        "| signal | tau | 95% CI | rho | tau, params partialled out | top-quarter precision | CPU cost per spec (s) "
+        "| hold-out tau [95% CI] |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for n, v in result["signals"].items():
+        h = result.get("signals_holdout", {}).get(n)
+        held = f"{_fmt(h['tau'])} [{h['tau_ci'][0]:.2f}, {h['tau_ci'][1]:.2f}]" if h and h.get("tau") is not None else "-"
         lines.append(f"| {n} | {_fmt(v['tau'])} | [{v['tau_ci'][0]:.2f}, {v['tau_ci'][1]:.2f}] | {_fmt(v['rho'])} | "
-                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v['top_quarter_precision'], 2)} | {_fmt(v['cost_s'], 2)} |")
+                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v['top_quarter_precision'], 2)} | {_fmt(v['cost_s'], 2)} | {held} |")
     if png:
         lines += ["", f"![tau against cost]({png.name})"]
     if result["scaling"]:
         lines += ["\n## Scaling subset\n",
                   f"The first {plan['n_scaling']} specs, trained {plan['long_steps']} steps with both reference seeds at each "
                   "(resolution, depth cap). `distinct` counts different trained copies (a depth cap makes specs that differ "
-                  "only in deep stages identical).\n",
+                  "only in deep stages identical). The plan's own scaling, used for the references, the signals and the "
+                  f"library defaults, is {t['resolution']} px with depth cap {t['max_depth']}.\n",
                   "| scaling | specs | distinct | seed-vs-seed tau | top-1 range | tau vs the plan's scaling |",
                   "| --- | ---: | ---: | ---: | --- | ---: |"]
         for k, v in result["scaling"].items():

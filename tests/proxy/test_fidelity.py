@@ -55,6 +55,8 @@ def test_small_study_runs_resumes_and_reports(tmp_path):
     assert json.loads((out / "fidelity.json").read_text())["specs"]
     report = fidelity.write_report(result, out).read_text()
     assert "Noise ceiling" in report and (out / "tau_vs_cost.png").exists()
+    # every signal row carries its hold-out score (one hold-out spec ranks nothing: "-", not a tau of 0)
+    assert "| hold-out tau [95% CI] |" in report and all(l.endswith("| - |") for l in report.splitlines() if l.startswith("| naswot |"))
     # Another plan in the same directory is refused rather than mixed with these results.
     other = fidelity.FidelityPlan(space="search_spaces/fastvit.yaml", n=5, n_holdout=1, train=plan.train, long_steps=6,
                                   short_steps=(2, 4), scalings=((32, 1),))
