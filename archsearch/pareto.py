@@ -13,6 +13,7 @@ from typing import List, Optional, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from ._storage import sqlite_file
 from .errors import ConfigError
 from .spec import ArchSpec
 
@@ -43,26 +44,11 @@ class ParetoRow:
     dominates: List[str]
 
 
-def _missing_sqlite_file(storage: str) -> Optional[str]:
-    """The database file a ``sqlite:///`` URL names, when there is none (reading must not create one)."""
-    if not storage.startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    try:
-        db = make_url(storage).database
-    except Exception:  # noqa: BLE001 - a malformed URL is reported by Optuna below
-        return None
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return None
-    return None if Path(db).exists() else db
-
-
 def load_study(name: str, storage: str) -> optuna.Study:
     """An existing study; a missing study, storage or database file is one line (nothing is created)."""
-    missing = _missing_sqlite_file(storage)
-    if missing is not None:
-        raise ConfigError("storage", f"{storage}: no database file {missing} (check the path; nothing was created)")
+    db = sqlite_file(storage)
+    if db is not None and not db.exists():  # reading must not create one
+        raise ConfigError("storage", f"{storage}: no database file {db} (check the path; nothing was created)")
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

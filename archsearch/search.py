@@ -32,6 +32,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from . import _scoped
+from ._storage import sqlite_file
 from .errors import ConfigError, InvalidSample, mask_secrets
 from .metrics import Measurer
 from .references import load_spec
@@ -150,6 +151,16 @@ def _dead_local_worker(worker: Optional[str]) -> Optional[int]:
     return None
 
 
+def _fail_running(storage: optuna.storages.BaseStorage, trial_id: int, error: str) -> bool:
+    """Fail a RUNNING trial with ``error`` as its reason; False when it has finished already (another worker, or
+    Optuna, got there first). Other storage errors propagate."""
+    try:
+        storage.set_trial_user_attr(trial_id, "error", error)
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+        return False
+
+
 class _BudgetLock:
     """Serialises "count the study's trials, then start one" across processes sharing a storage."""
 
@@ -159,8 +170,8 @@ class _BudgetLock:
         self._held: Optional[Callable[[], None]] = None
 
     def acquire(self) -> None:
-        if self.url.startswith("sqlite:///"):
-            path = Path(self.url[len("sqlite:///"):])
+        path = sqlite_file(self.url)
+        if path is not None:
             lock = open(f"{path}.{self.key:x}.lock", "w")
             fcntl.flock(lock, fcntl.LOCK_EX)
 
@@ -178,7 +189,7 @@ class _BudgetLock:
                 conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
                 conn.close()
                 engine.dispose()
-        else:  # memory and other databases: one process at a time is still exact
+        else:  # memory (also sqlite :memory:) and other databases: one process at a time is still exact
             def release() -> None:
                 pass
 
@@ -482,11 +493,7 @@ class SearchRunner:
             pid = _dead_local_worker(t.user_attrs.get("worker"))
             if pid is None:
                 continue
-            try:
-                storage.set_trial_user_attr(t._trial_id, "error", f"its worker (pid {pid} on this host) died")
-                if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                    continue
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            if not _fail_running(storage, t._trial_id, f"its worker (pid {pid} on this host) died"):
                 continue  # another worker got there first
             self.warn(f"trial {t.number}: its worker (pid {pid}) is gone; the trial is failed and retried")
             retry(self.study, storage.get_trial(t._trial_id))
@@ -542,10 +549,8 @@ class SearchRunner:
         return SearchResult(self.study, ran, stopped, budget)
 
     def _fail_interrupted_trial(self) -> None:
-        storage = self.study._storage
         try:
-            if storage.get_trial(self._trial_id).state == TrialState.RUNNING:
-                storage.set_trial_state_values(self._trial_id, TrialState.FAIL)
+            _fail_running(self.study._storage, self._trial_id, "interrupted (SIGINT or SIGTERM)")
         except Exception as e:  # the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)
             self.warn(f"could not mark the interrupted trial failed ({type(e).__name__}); a rerun will, after grace_s")
 

@@ -238,16 +238,22 @@ def _warm_up(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> None:
         p.sync()
 
 
+def _rounds(cfg: LatencyConfig) -> Iterator[int]:
+    """``repeats`` timing rounds, fewer when ``time_budget_s`` has run out after a round (never fewer than 3)."""
+    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
+    for i in range(cfg.repeats):
+        yield i
+        if deadline is not None and i >= 2 and time.monotonic() > deadline:
+            return
+
+
 def _round_robin(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> List[List[float]]:
     """Warm up, then time each forward in turn (A B A B ... for two), ``repeats`` rounds or the budget."""
     _warm_up(prepared, cfg)
     samples: List[List[float]] = [[] for _ in prepared]
-    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
-    for _ in range(cfg.repeats):
+    for _ in _rounds(cfg):
         for p, out in zip(prepared, samples):
             out.append(_timed(p))
-        if deadline is not None and len(samples[0]) >= 3 and time.monotonic() > deadline:
-            break
     return samples
 
 
@@ -269,8 +275,7 @@ def time_modules_interleaved(
         tb: List[float] = []
         ratios: List[float] = []
         burst: Optional[int] = None
-        deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
-        for _ in range(cfg.repeats):
+        for _ in _rounds(cfg):
             x, ys = _timed(pa), [_timed(pb)]
             if burst is None:  # sized on the first pair
                 burst = max(1, min(max_burst, int(x / (4 * ys[0]))))
@@ -278,8 +283,6 @@ def time_modules_interleaved(
             ta.append(x)
             tb += ys
             ratios.append(x / statistics.median(ys))
-            if deadline is not None and len(ta) >= 3 and time.monotonic() > deadline:
-                break
     return LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
 
 

@@ -86,6 +86,13 @@ def test_interleaved_times_a_short_b_in_bursts_after_a_long_a():
     # Comparable lengths: one B per A, as before.
     a, b, ratio = time_modules_interleaved((_Sleep(6), x), (_Sleep(4), x), cfg)
     assert a.repeats == b.repeats == ratio.repeats == 3
+    # A time budget ends the pairs as it ends any timing: after the round that passes it, never before 3.
+    budget = LatencyConfig(threads=1, warmup=0, repeats=1000, time_budget_s=0.05)
+    a, b, ratio = time_modules_interleaved((_Sleep(30), x), (_Sleep(2), x), budget)
+    assert a.repeats == ratio.repeats == 3
+    long_budget = LatencyConfig(threads=1, warmup=0, repeats=1000, time_budget_s=0.25)
+    a, _, _ = time_modules_interleaved((_Sleep(30), x), (_Sleep(2), x), long_budget)
+    assert 4 <= a.repeats <= 8
 
 
 @pytest.mark.parametrize(
