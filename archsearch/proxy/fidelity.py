@@ -384,6 +384,8 @@ _MIN_RANKED = 3
 
 def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
     common = [i for i in ref if sig.get(i)]
+    if len(common) < _MIN_RANKED:  # tau over one or two specs is 0 or +-1 whatever the signal: no score
+        return {}, common
     names = sorted({n for i in common for n in sig[i]}, key=lambda n: (n.split("@")[0], int(n.split("@")[1]) if "@" in n else 0))
     names = [n for n in names if all(n in sig[i] for i in common)]
     target = [statistics.fmean(ref[i]) for i in common]
@@ -423,8 +425,6 @@ def analyse(out: Path, *, command: str = "") -> dict:
     chosen_name = passing[0][1] if passing else best
     h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost) if h_ref else ({}, [])
-    if len(h_common) < _MIN_RANKED:  # tau over one or two specs is 0 or +-1 whatever the signal: no score
-        h_signals = {}
     chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
               "n_holdout": len(h_common)}
