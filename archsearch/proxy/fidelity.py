@@ -418,7 +418,8 @@ def analyse(out: Path, *, command: str = "") -> dict:
     ref, sig, cost = _signal_table(plan, runs, main_idx)
     signals, common = _evaluate(plan, ref, sig, cost)
     seeds = list(zip(*[ref[i] for i in common])) if common else [[], []]
-    ceiling = round(_kendall(seeds[0], seeds[1]), 3) if common else float("nan")
+    ranked = len(common) >= _MIN_RANKED
+    ceiling = round(_kendall(seeds[0], seeds[1]), 3) if ranked else float("nan")
     bar = round(min(0.6, 0.8 * ceiling), 3)
     passing = sorted((v["cost_s"], n) for n, v in signals.items() if v["tau"] >= bar and v["cost_s"] is not None)
     best = max(signals, key=lambda n: signals[n]["tau"]) if signals else None
@@ -439,7 +440,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
         "plan": plan.to_dict(), "command": command, "space": plan.space,
         "specs": [{"index": i, "spec_hash": specs[i].spec_hash, "arch": specs[i].code, "reference_top1": ref[i],
                    "signals": sig[i]} for i in common],
-        "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(*seeds) if common else None,
+        "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(*seeds) if ranked else None,
         "reference_top1_range": [round(min(statistics.fmean(ref[i]) for i in common), 4),
                                  round(max(statistics.fmean(ref[i]) for i in common), 4)] if common else None,
         "learning_curves": curve,
@@ -567,7 +568,9 @@ def write_report(result: dict, out: Path) -> Path:
         f"(95% bootstrap {result['noise_ceiling_ci']}).",
         f"* Bar: min(0.6, 0.8 x ceiling) = {_fmt(ch['bar'])}.",
         (f"* **Chosen: `{ch['name']}`**, the cheapest signal at or above the bar (tau {_fmt(ch['tau'])})." if ch["passed_bar"] else
-         f"* **No signal reached the bar.** The best was `{ch['name']}` (tau {_fmt(ch['tau'])}); the shipped searches use it."),
+         f"* **No signal reached the bar.** The best was `{ch['name']}` (tau {_fmt(ch['tau'])}); the shipped searches use it."
+         if ch["name"] is not None else
+         f"* **No signal scored yet**: a rank correlation needs at least {_MIN_RANKED} specs with both references."),
         f"* Hold-out check on {ch['n_holdout']} specs not used to choose: tau {_fmt(ch['tau_holdout'])} "
         f"(95% bootstrap {ch.get('tau_holdout_ci')}), hold-out noise ceiling {_fmt(ch.get('noise_ceiling_holdout'))}; "
         + ("reaches the bar." if ch.get("holdout_passed") else
