@@ -34,6 +34,10 @@ def join_key(prefix: str, key: str | int) -> str:
 #: that an alias bomb (ten levels of ten-fold aliases: 10^10 nodes from 1 KB) is refused at once.
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_NODES = 100_000
+#: Nesting bound: ours, checked on the event stream before anything is built, so that the answer does
+#: not depend on the parser (PyYAML 6.0.4's libyaml refuses 1000 flow levels itself, older ones recurse
+#: until Python's limit). Our files nest fewer than 10 levels.
+MAX_YAML_DEPTH = 64
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -80,10 +84,23 @@ def _expanded_size(node: yaml.Node, source: str) -> int:
     return size(node)
 
 
+def _check_depth(text: str, source: str) -> None:
+    """Refuse a document nested deeper than :data:`MAX_YAML_DEPTH`, reading events only (nothing is built)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError("", f"{source}: nested too deeply (more than {MAX_YAML_DEPTH} levels)")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
     if len(text) > MAX_YAML_BYTES:
         raise ConfigError("", f"{source}: {len(text)} characters, more than the {MAX_YAML_BYTES} a YAML document here may have")
     try:
+        _check_depth(text, source)
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
@@ -98,6 +115,8 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
     except RecursionError:
         raise ConfigError("", f"{source}: nested too deeply") from None
     except yaml.MarkedYAMLError as e:
+        if "nesting depth" in str(e.problem):  # libyaml >= 0.2.5 scans ahead and refuses 1000 levels first
+            raise ConfigError("", f"{source}: nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
         mark = e.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError("", f"{source}: malformed YAML{where}: {e.problem}") from None

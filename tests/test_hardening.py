@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from archsearch._config import MAX_YAML_BYTES, parse_yaml, read_yaml
+from archsearch._config import MAX_YAML_BYTES, MAX_YAML_DEPTH, parse_yaml, read_yaml
 from archsearch.cli import main
 from archsearch.errors import ArchsearchError, ConfigError
 from archsearch.references import get_reference
@@ -66,8 +66,12 @@ def test_small_aliases_still_work():
 def test_recursive_deep_and_oversized_yaml(tmp_path):
     with pytest.raises(ConfigError, match="recursive"):
         parse_yaml("a: &a [*a]")
-    with pytest.raises(ConfigError, match="nested too deeply"):
-        parse_yaml("[" * 20000 + "]" * 20000)
+    # Our own bound, whatever the parser's version (PyYAML 6.0.4's libyaml refuses 1000 flow levels itself).
+    for deep in ("[" * 20000 + "]" * 20000, "[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1),
+                 "a:\n" + "".join(" " * (i + 1) + "- \n" for i in range(MAX_YAML_DEPTH + 1))):
+        with pytest.raises(ConfigError, match="nested too deeply"):
+            parse_yaml(deep)
+    assert parse_yaml("[" * MAX_YAML_DEPTH + "]" * MAX_YAML_DEPTH) is not None
     big = tmp_path / "big.yaml"
     big.write_text("x: " + "y" * (MAX_YAML_BYTES + 10))
     t0 = time.perf_counter()
