@@ -35,5 +35,5 @@ setup(
         "psycopg[binary]>=3.1",  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     ],
     extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2"]},
-    entry_points={"console_scripts": ["archsearch=archsearch.cli:main"]},
+    entry_points={"console_scripts": ["archsearch=archsearch.cli:entry"]},
 )

@@ -11,8 +11,7 @@ import logging
 import os
 from typing import Dict, Iterator, Optional
 
-__all__ = ["Terminated", "env", "flush_denormal", "flush_denormal_enabled", "log_levels", "optuna_verbosity",
-           "sigterm_as_interrupt"]
+__all__ = ["env", "flush_denormal", "flush_denormal_enabled", "log_levels", "optuna_verbosity"]
 
 
 @contextlib.contextmanager
@@ -76,56 +75,3 @@ def flush_denormal(on: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(saved)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that a running trial is marked and the study stays resumable."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """During the block, SIGTERM raises :class:`Terminated` in the main thread (as SIGINT raises
-    KeyboardInterrupt); the previous handler is put back afterwards. Elsewhere than the main thread
-    this does nothing (signals are only delivered there)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001 - the signal handler's signature
-        global _TERMINATED
-        _TERMINATED = True
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-_TERMINATED = False
-
-
-def interruption() -> KeyboardInterrupt:
-    """The interrupt to raise again after a library swallowed one (Lightning turns Ctrl-C into
-    ``sys.exit(1)``): :class:`Terminated` after a SIGTERM, else KeyboardInterrupt."""
-    return Terminated() if _TERMINATED else KeyboardInterrupt()
-
-
-@contextlib.contextmanager
-def keep_sigint() -> Iterator[None]:
-    """Put SIGINT's handler back after the block (Lightning sets it to "ignore" when it is interrupted)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import logging
+import os
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -13,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 from rich.console import Console
 from rich.table import Table
 
-from . import _scoped
+from . import _interrupts, _scoped
 from ._outputs import prepare_output_dir
 from .errors import ArchsearchError, ConfigError, mask_secrets
 from .spec import parse_resolution
@@ -434,10 +438,10 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
             result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
     except KeyboardInterrupt as e:
         done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        why = "terminated (SIGTERM)" if isinstance(e, _scoped.Terminated) else "interrupted"
+        why = "terminated (SIGTERM)" if isinstance(e, _interrupts.Terminated) else "interrupted"
         _err.print(f"archsearch: {why}; {done} finished trials of {cfg.study!r} are kept in "
                    f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
-        return 143 if isinstance(e, _scoped.Terminated) else 130
+        return 143 if isinstance(e, _interrupts.Terminated) else 130
     result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
     _out.print(
         f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
@@ -755,7 +759,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger = logging.getLogger("archsearch")
     logger.addHandler(handler)
     try:
-        with _scoped.sigterm_as_interrupt():
+        with _interrupts.deferred() if args.command in _LONG_COMMANDS else contextlib.nullcontext():
             return args._run(args)
     except ArchsearchError as e:
         _err.print(f"archsearch {args.command}: error: {mask_secrets(e)}", markup=False, highlight=False, soft_wrap=True)
@@ -763,7 +767,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)
         return 2
-    except _scoped.Terminated:
+    except _interrupts.Terminated:
         _err.print(f"archsearch {args.command}: terminated (SIGTERM); finished work is kept, rerun to resume",
                    markup=False, highlight=False)
         return 143
@@ -774,5 +778,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.removeHandler(handler)
 
 
+#: Commands that run long enough to be interrupted mid-work: their interrupts wait for a safe point
+#: (archsearch._interrupts), so that Ctrl-C or SIGTERM never lands inside Optuna's or SQLAlchemy's internals.
+_LONG_COMMANDS = {"measure", "calibrate", "proxy", "proxy-fidelity", "search", "worker", "ablate"}
+
+
+def entry() -> None:
+    """The ``archsearch`` executable: :func:`main`, then exit without waiting on a library thread that
+    nobody stopped (a heartbeat left beating by an interrupt would otherwise keep the process alive)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    deadline = time.monotonic() + 5.0
+    for t in lingering:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in lingering):
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

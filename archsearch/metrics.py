@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import _interrupts
 from .errors import ConfigError
 from .measure.cache import MeasureCache
 from .options import MeasureOptions
@@ -151,6 +152,7 @@ class Measurer:
             "resolution": hw[0] if hw[0] == hw[1] else list(hw),
         }
         for name in parse_metrics(metrics):
+            _interrupts.check()
             if name in _SPEC_ONLY and not isinstance(spec, ArchSpec):
                 raise ConfigError("metrics", f"{name} works on a FastViT-family spec's structure; {spec.code} is a "
                                              f"reference encoder (it has: {', '.join(m for m in METRICS if m not in _SPEC_ONLY)})")

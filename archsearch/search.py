@@ -31,7 +31,7 @@ import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from . import _scoped
+from . import _interrupts, _scoped
 from ._storage import sqlite_file
 from .errors import ConfigError, InvalidSample, mask_secrets
 from .metrics import Measurer
@@ -320,11 +320,12 @@ class SearchRunner:
         self._trial_id = trial._trial_id
         try:
             return self._objective(trial)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_scoped.Terminated)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_interrupts.Terminated)
             self._interrupted = True
             raise
 
     def _objective(self, trial: optuna.Trial) -> List[float]:
+        _interrupts.check()  # inside the objective: Optuna marks the trial and stops its heartbeat cleanly
         # First, so that a rerun on this host can tell at once that the trial's process is gone.
         trial.set_user_attr("worker", _WORKER)
         self.lock.release()  # the trial exists now: other workers may claim the next one
@@ -518,6 +519,7 @@ class SearchRunner:
         ran, stopped = 0, "budget"
         failed_in_a_row = 0
         while True:
+            _interrupts.check()
             if deadline is not None and time.monotonic() > deadline:
                 stopped = "timeout"
                 break
@@ -534,7 +536,7 @@ class SearchRunner:
                     # Optuna could not record the interrupted trial's end (SQLite answered "database is
                     # locked" once in CI) and left it RUNNING: mark it once more, then stop as asked.
                     self._fail_interrupted_trial()
-                    raise _scoped.interruption() from None
+                    raise _interrupts.interruption() from None
             finally:
                 self.lock.release()
             ran += 1

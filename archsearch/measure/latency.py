@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..build import check_fits, deploy_model, example_input
-from .. import _scoped
+from .. import _interrupts, _scoped
 from ..errors import ConfigError
 from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
 from ..spec import ArchSpec, Resolution, parse_resolution
@@ -232,6 +232,7 @@ def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
 
 def _warm_up(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> None:
     for _ in range(cfg.warmup):
+        _interrupts.check()
         for p in prepared:
             p.run()
     for p in prepared:
@@ -242,6 +243,7 @@ def _rounds(cfg: LatencyConfig) -> Iterator[int]:
     """``repeats`` timing rounds, fewer when ``time_budget_s`` has run out after a round (never fewer than 3)."""
     deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
     for i in range(cfg.repeats):
+        _interrupts.check()  # a safe point every round: Ctrl-C stops thousands of repeats at once
         yield i
         if deadline is not None and i >= 2 and time.monotonic() > deadline:
             return

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .. import _interrupts
 from ..errors import ConfigError
 from ..spec import ArchSpec
 from .train import TrainProxyConfig
@@ -251,6 +252,7 @@ def run_units(
 
     if workers <= 1:
         for u in todo:
+            _interrupts.check()
             if stop_at is not None and time.monotonic() > stop_at:
                 break
             record(_run_one(plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator))

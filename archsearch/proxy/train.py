@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .. import _scoped
+from .. import _interrupts, _scoped
 from ..build import build_model
 from ..spec import ArchSpec
 from ..options import TrainProxyConfig
@@ -88,6 +88,9 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             self.loss_sum = 0.0
             self._val: List[tuple] = []
 
+        def on_train_batch_start(self, batch, batch_idx) -> None:
+            _interrupts.check()  # a safe point every step (see archsearch._interrupts)
+
         def training_step(self, batch, _):
             x, y = batch
             loss = F.cross_entropy(self.model(x), y)
@@ -150,14 +153,14 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
         resume = str(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
         # Lightning answers Ctrl-C (and our SIGTERM) with sys.exit(1) and then ignores SIGINT: the caller
         # must see the interrupt itself, so that a search marks the trial and exits 130/143.
-        with _scoped.keep_sigint():
+        with _interrupts.keep_sigint():
             try:
                 trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
                 if not history or history[-1]["step"] != trainer.global_step:
                     trainer.validate(module, val_loader, verbose=False)
             except SystemExit:
                 if trainer.interrupted:
-                    raise _scoped.interruption() from None
+                    raise _interrupts.interruption() from None
                 raise
         if checkpoint is not None:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
