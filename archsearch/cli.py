@@ -223,7 +223,9 @@ def measure_options(args: argparse.Namespace):
     from .options import MeasureOptions
     from .space import apply_overrides
 
-    data = apply_overrides({}, getattr(args, "overrides", []) or [], source="KEY=VALUE")
+    # The experiment files' spelling is accepted too: measure.train.data=glyphs is train.data=glyphs.
+    overrides = [o[len("measure."):] if o.startswith("measure.") else o for o in getattr(args, "overrides", []) or []]
+    data = apply_overrides({}, overrides, source="KEY=VALUE")
     options = from_data(MeasureOptions, data or {})
     given = {k: getattr(args, k) for k in ("counter", "llm", "prompt_tokens") if getattr(args, k, None) is not None}
     options = dataclasses.replace(options, latency=_latency_config(args, options.latency), **given)

@@ -114,30 +114,31 @@ class Measurer:
         return measure_ttft(spec, resolution, self.llm, prompt_tokens=self.options.prompt_tokens,
                             encoder=encoder or self.latency(spec, resolution), prefill=self.prefill_model())
 
-    def proxy_score(self, spec: ArchSpec, name: str) -> dict:
-        """A zero-cost proxy's score of ``spec`` (``options.proxy``: scaling rule, data, seed), cached."""
+    def proxy_score(self, spec: ArchSpec, name: str, resolution: Optional[Resolution] = None) -> dict:
+        """A zero-cost proxy's score of ``spec`` evaluated at ``resolution`` (``options.proxy``: scaling rule,
+        input side rule, data, seed), cached."""
         from .proxy.zero_cost import score_proxy
 
-        cfg = self.options.proxy
+        cfg = self.options.proxy.for_candidate(_side(resolution))
         key = MeasureCache.key(metric="proxy", name=name, spec=spec.spec_hash, config=dataclasses.asdict(cfg))
         return self._cached(key, lambda: score_proxy(spec, name, cfg).to_dict())
 
-    def training(self, spec: ArchSpec) -> dict:
-        """One short training of ``spec``'s scaled copy (``options.train``), shared by both training metrics."""
+    def training(self, spec: ArchSpec, resolution: Optional[Resolution] = None) -> dict:
+        """One short training of ``spec``'s scaled copy for a candidate at ``resolution`` (``options.train``,
+        whose side rule gives the input side), shared by both training metrics."""
         from .proxy.train import train_proxy
 
-        cfg = self.options.train
+        cfg = self.options.train.for_candidate(_side(resolution))
         key = MeasureCache.key(metric="train", spec=spec.spec_hash, config=cfg.cache_key())
         return self._cached(key, lambda: train_proxy(spec, cfg).to_dict())
 
-    def training_rung(self, spec: ArchSpec, steps: int, schedule_steps: int, checkpoint=None) -> dict:
+    def training_rung(self, spec: ArchSpec, steps: int, schedule_steps: int, checkpoint=None,
+                      resolution: Optional[Resolution] = None) -> dict:
         """Training of ``spec``'s scaled copy up to ``steps`` of a ``schedule_steps``-step run (a rung of a
         multi-fidelity search), resumed from ``checkpoint`` when it holds an earlier rung; cached."""
-        import dataclasses as _dc
-
         from .proxy.train import train_proxy
 
-        cfg = _dc.replace(self.options.train, steps=steps)
+        cfg = dataclasses.replace(self.options.train.for_candidate(_side(resolution)), steps=steps)
         key = MeasureCache.key(metric="train_rung", spec=spec.spec_hash, config=cfg.cache_key(), schedule=schedule_steps)
         return self._cached(key, lambda: train_proxy(spec, cfg, schedule_steps=schedule_steps, checkpoint=checkpoint).to_dict())
 
@@ -164,6 +165,11 @@ class Measurer:
         families = list(dict.fromkeys(metric_of(n) for n in objectives))
         row = self.measure(spec, resolution, families)
         return {n: float(row[n]) for n in objectives}, row
+
+
+def _side(resolution: Optional[Resolution]) -> Optional[int]:
+    """The side a proxy's rule scales: the candidate's height (square inputs: its resolution)."""
+    return None if resolution is None else parse_resolution(resolution)[0]
 
 
 # --- the registry ----------------------------------------------------------------------------------
@@ -244,8 +250,9 @@ def _ttft(m: Measurer, spec: ArchSpec, hw) -> dict:
 
 def _zero_cost_metric(name: str) -> None:
     def compute(m: Measurer, spec: ArchSpec, hw) -> dict:
-        s = m.proxy_score(spec, name)
-        return {name: s["score"], f"{name}_conditions": {**s["config"], "seconds": s["seconds"],
+        s = m.proxy_score(spec, name, hw)
+        return {name: s["score"], f"{name}_conditions": {**s["config"], "input_side": s["config"]["resolution"],
+                                                         "seconds": s["seconds"],
                                                          "scored_spec_hash": s["scored_spec_hash"]}}
 
     _metric(name, f"zero-cost proxy {name} at initialisation (options.proxy)", **{name: "maximize"})(compute)
@@ -256,19 +263,19 @@ for _name in _ZERO_COST:
 
 
 def _train_conditions(r: dict) -> dict:
-    return {**r["config"], "seconds": r["seconds"], "trained_spec_hash": r["trained_spec_hash"], "history": r["history"]}
+    return {**r["config"], "input_side": r["config"]["resolution"], "seconds": r["seconds"], "trained_spec_hash": r["trained_spec_hash"], "history": r["history"]}
 
 
 @_metric("train_top1", "validation top-1 after options.train.steps of training", train_top1="maximize")
 def _train_top1(m: Measurer, spec: ArchSpec, hw) -> dict:
-    r = m.training(spec)
+    r = m.training(spec, hw)
     return {"train_top1": r["val_top1"], "train": _train_conditions(r)}
 
 
 @_metric("train_loss_sum", "sum of the training losses over options.train.steps (training-speed estimator)",
          train_loss_sum="minimize")
 def _train_loss_sum(m: Measurer, spec: ArchSpec, hw) -> dict:
-    r = m.training(spec)
+    r = m.training(spec, hw)
     return {"train_loss_sum": r["loss_sum"], "train": _train_conditions(r)}
 
 

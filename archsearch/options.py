@@ -28,7 +28,13 @@ __all__ = [
 #: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
 LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime")
-DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits")
+DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits", "glyphs")
+
+#: The input side a data set's proxies follow by default, as a factor of the candidate's resolution (see
+#: :meth:`ScalingRule.side`). ``glyphs`` is a scene in normalised coordinates whose detail a larger side
+#: shows: 1/8 is this project's CPU tier (256 -> 32, 1024 -> 128 px); on a GPU set ``resolution_scale: 1``.
+#: The other data sets have no detail to gain and keep their fixed ``resolution``.
+DATA_SIDE_SCALE = {"glyphs": 0.125}
 
 
 def _require(obj, lo: int, *keys: str) -> None:
@@ -83,13 +89,24 @@ class ScalingRule:
     width_mult: float = 0.25
     max_depth: Optional[int] = 4
     round_to: int = 8
+    #: The input side as a factor of the candidate's resolution (``round(f x resolution)``, at least
+    #: ``min_side``); None: the data set's rule (:data:`DATA_SIDE_SCALE`), else the fixed ``resolution``.
+    resolution_scale: Optional[float] = None
+    min_side: int = 32
 
     def __post_init__(self) -> None:
         if self.width_mult <= 0:
             raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
+        if self.resolution_scale is not None and not 0 < self.resolution_scale <= 4:
+            raise ConfigError("resolution_scale", f"must be within (0, 4], got {self.resolution_scale}")
+        _require(self, 8, "min_side")
         if self.max_depth is not None and self.max_depth < 1:
             raise ConfigError("max_depth", f"must be >= 1, got {self.max_depth}")
         _require(self, 1, "round_to")
+
+    def side_scale(self, data: str) -> Optional[float]:
+        """The factor this rule applies to a candidate's resolution on ``data`` (None: a fixed side)."""
+        return self.resolution_scale if self.resolution_scale is not None else DATA_SIDE_SCALE.get(data)
 
     def scaled(self, spec: ArchSpec) -> ArchSpec:
         """The spec itself when the rule is the identity (factor 1, no cap), else ``spec.scaled``."""
@@ -128,6 +145,9 @@ class ProxyConfig(ScalingRule, DataRule):
         super().__post_init__()
         _require(self, 1, "resolution", "batch_size", "num_classes")
 
+    def for_candidate(self, resolution: Optional[int]) -> "ProxyConfig":
+        return _for_candidate(self, resolution)
+
 
 @dataclass(frozen=True)
 class TrainProxyConfig(ScalingRule, DataRule):
@@ -160,11 +180,26 @@ class TrainProxyConfig(ScalingRule, DataRule):
             raise ConfigError("data", f"{self.data!r}: training needs one of {', '.join(DATA_SET_NAMES)} "
                                       "or an ImageFolder path")
 
+    def for_candidate(self, resolution: Optional[int]) -> "TrainProxyConfig":
+        return _for_candidate(self, resolution)
+
     def cache_key(self) -> dict:
         """What decides a training's numbers (not how it is displayed)."""
         d = asdict(self)
         d.pop("progress_bar")
         return d
+
+
+def _for_candidate(cfg, resolution: Optional[int]):
+    """``cfg`` with its input side for a candidate evaluated at ``resolution`` and the rule made explicit
+    (``resolution_scale`` resolved), so that the side and its rule are in every result and cache key."""
+    import dataclasses
+
+    scale = cfg.side_scale(cfg.data)
+    if scale is None or resolution is None:
+        return cfg
+    side = max(cfg.min_side, round(scale * int(resolution)))
+    return dataclasses.replace(cfg, resolution=side, resolution_scale=scale)
 
 
 @dataclass(frozen=True)

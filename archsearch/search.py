@@ -291,7 +291,7 @@ class SearchRunner:
         with tempfile.TemporaryDirectory(prefix="archsearch-rung-") as tmp:
             checkpoint = Path(tmp) / "rung.ckpt"
             for i, steps in enumerate(f.rungs):
-                r = self.measurer.training_rung(spec, steps, f.rungs[-1], checkpoint)
+                r = self.measurer.training_rung(spec, steps, f.rungs[-1], checkpoint, resolution)
                 values[f.metric] = float(r[field])
                 rungs[str(i)] = [values[n] for n in names]
                 # Stored before deciding, so that the other workers rank against it at once.

@@ -246,8 +246,15 @@ def _fashion_sets(canvas: bool):
     return make
 
 
+def _glyph_sets(cfg, train_size: int, val_size: int):
+    from .glyphs import Glyphs
+
+    return Glyphs(train_size, side=cfg.resolution, split="train"), Glyphs(val_size, side=cfg.resolution, split="val")
+
+
 #: Built-in data sets by name (``data:`` in the proxies' configs); anything else is an ImageFolder root.
 DATA_SETS = {
+    "glyphs": _glyph_sets,
     "digits": _digit_sets,
     "fashion-mnist": _fashion_sets(canvas=False),
     "fashion-mnist-canvas": _fashion_sets(canvas=True),

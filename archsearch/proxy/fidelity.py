@@ -59,8 +59,9 @@ class FidelityPlan:
     n_scaling: int = 8
     #: (resolution, depth cap) of the scaling subset; the plan's own scaling is always one of them.
     scalings: Tuple[Tuple[int, Optional[int]], ...] = ((64, 2), (64, 4), (128, 4))
-    #: MACs of the full spec are counted at this side (the signal a search at that resolution has).
-    macs_resolution: int = 256
+    #: MACs of the full spec are counted at this side (the signal a search at that resolution has); None:
+    #: at each spec's own sampled resolution (a study over resolution, whose specs differ in it).
+    macs_resolution: Optional[int] = 256
 
     def __post_init__(self) -> None:
         if self.n < 4 or self.n_holdout < 0:
@@ -87,10 +88,14 @@ class FidelityPlan:
         return dataclasses.replace(self.train, steps=steps, seed=seed, val_every=max(1, steps // 4) if steps == self.long_steps else steps,
                                    resolution=resolution or self.train.resolution, max_depth=cap)
 
-    def zero_cost(self, seed: int) -> ProxyConfig:
+    def zero_cost(self, seed: int, side: Optional[int] = None) -> ProxyConfig:
         t = self.train
-        return ProxyConfig(width_mult=t.width_mult, max_depth=t.max_depth, round_to=t.round_to, resolution=t.resolution,
+        return ProxyConfig(width_mult=t.width_mult, max_depth=t.max_depth, round_to=t.round_to, resolution=side or t.resolution,
                            batch_size=64, seed=seed, data=t.data, data_root=t.data_root, clutter=t.clutter)
+
+    def side(self, resolution: Optional[int]) -> int:
+        """The input side the plan trains a spec sampled at ``resolution`` with (its data set's side rule)."""
+        return self.train.for_candidate(resolution).resolution
 
 
 # --- units -------------------------------------------------------------------------------------------
@@ -108,7 +113,8 @@ def write_specs(plan: FidelityPlan, out: Path) -> List[ArchSpec]:
     candidates, _ = draw(load_space(plan.space), plan.n + plan.n_holdout, seed=plan.draw_seed)
     specs = [c.spec for c in candidates]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"plan": plan.to_dict(), "specs": [s.to_dict() for s in specs]}, indent=1), encoding="utf-8")
+    path.write_text(json.dumps({"plan": plan.to_dict(), "specs": [s.to_dict() for s in specs],
+                                "resolutions": [c.resolution for c in candidates]}, indent=1), encoding="utf-8")
     return specs
 
 
@@ -118,7 +124,9 @@ _NOT_IDENTITY = ("steps", "val_every", "data_root", "accelerator", "devices", "p
 
 
 def _identity(plan: dict) -> dict:
-    """What makes two plans the same study (another machine's copy of the same files is the same study)."""
+    """What makes two plans the same study (another machine's copy of the same files is the same study);
+    a plan stored before an option existed has that option's default."""
+    plan = json.loads(json.dumps(FidelityPlan.from_dict(plan).to_dict()))
     return {**plan, "train": {k: v for k, v in plan["train"].items() if k not in _NOT_IDENTITY}}
 
 
@@ -127,28 +135,44 @@ def load_specs(out: Path) -> Tuple[FidelityPlan, List[ArchSpec]]:
     return FidelityPlan.from_dict(stored["plan"]), [ArchSpec.from_dict(s) for s in stored["specs"]]
 
 
+def load_resolutions(out: Path) -> List[Optional[int]]:
+    """Each spec's sampled resolution (None for a study stored before resolutions were kept)."""
+    stored = json.loads((Path(out) / SPECS_FILE).read_text(encoding="utf-8"))
+    return stored.get("resolutions") or [None] * len(stored["specs"])
+
+
 def _unit(kind: str, index: int, spec: ArchSpec, **fields) -> dict:
     parts = [kind, f"{index:03d}", spec.spec_hash, *(f"{k}={fields[k]}" for k in sorted(fields))]
     return {"id": ":".join(parts), "kind": kind, "index": index, **fields}
 
 
-def plan_units(plan: FidelityPlan, specs: Sequence[ArchSpec], kinds: Iterable[str] = ("train", "zero_cost", "cpu_cost")) -> List[dict]:
+def _sides(plan: FidelityPlan, resolutions: Optional[Sequence[Optional[int]]], n: int) -> List[int]:
+    """The input side of each spec: its data set's side rule applied to its sampled resolution."""
+    return [plan.side(r) for r in (resolutions or [None] * n)]
+
+
+def plan_units(plan: FidelityPlan, specs: Sequence[ArchSpec], kinds: Iterable[str] = ("train", "zero_cost", "cpu_cost"),
+               resolutions: Optional[Sequence[Optional[int]]] = None) -> List[dict]:
     """Every unit of the study, most informative first: the main specs (references, then signals), the
-    hold-out specs' references, their training signals, then the scaling subset."""
+    hold-out specs' references, their training signals, then the scaling subset. ``resolutions``: each
+    spec's sampled resolution, which its input side follows when the data set has a side rule."""
     kinds = set(kinds)
     res, cap = plan.train.resolution, plan.train.max_depth
+    sides = _sides(plan, resolutions, len(specs))
     main, held_refs, held_signals = [], [], []
     for i, spec in enumerate(specs):
         refs = signals = main if i < plan.n else None
         if refs is None:
             refs, signals = held_refs, held_signals
+        side = sides[i]
         if "train" in kinds:
-            refs += [_unit("train", i, spec, steps=plan.long_steps, seed=s, resolution=res, max_depth=cap) for s in plan.reference_seeds]
-            signals += [_unit("train", i, spec, steps=b, seed=plan.signal_seed, resolution=res, max_depth=cap) for b in plan.short_steps]
+            refs += [_unit("train", i, spec, steps=plan.long_steps, seed=s, resolution=side, max_depth=cap) for s in plan.reference_seeds]
+            signals += [_unit("train", i, spec, steps=b, seed=plan.signal_seed, resolution=side, max_depth=cap) for b in plan.short_steps]
         if "zero_cost" in kinds:
-            refs.append(_unit("zero_cost", i, spec, seed=plan.signal_seed))
+            at = {} if resolutions is None or resolutions[i] is None else {"side": side, "candidate": resolutions[i]}
+            refs.append(_unit("zero_cost", i, spec, seed=plan.signal_seed, **at))
         if "cpu_cost" in kinds:
-            refs.append(_unit("cpu_cost", i, spec, resolution=res, max_depth=cap))
+            refs.append(_unit("cpu_cost", i, spec, resolution=side, max_depth=cap))
     units: List[dict] = main + held_refs + held_signals
     if "train" in kinds:
         for i, spec in enumerate(specs[: plan.n_scaling]):
@@ -178,13 +202,13 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
         from ..measure.flops import count_complexity
         from .zero_cost import score_proxy
 
-        cfg = plan.zero_cost(unit["seed"])
+        cfg = plan.zero_cost(unit["seed"], unit.get("side"))
         result = {}
         for name in PROXIES:
             s = score_proxy(spec, name, cfg)
             result[name], result[f"{name}_seconds"] = s.score, s.seconds
         t0 = time.perf_counter()
-        c = count_complexity(spec, plan.macs_resolution)
+        c = count_complexity(spec, plan.macs_resolution or unit.get("candidate") or plan.train.resolution)
         result.update(params=c.params, macs=c.macs, complexity_seconds=time.perf_counter() - t0)
     elif unit["kind"] == "cpu_cost":
         from .train import train_proxy
@@ -341,14 +365,15 @@ def _collect(out: Path) -> List[dict]:
     return rows
 
 
-def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int]) -> Tuple[dict, dict, dict]:
+def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int], sides: Sequence[int]) -> Tuple[dict, dict, dict]:
     """Per spec index: the reference runs, the signals (oriented so that higher predicts better) and costs."""
-    res, cap = plan.train.resolution, plan.train.max_depth
+    cap = plan.train.max_depth
     by = {}
     for r in runs:
         by[(r["kind"], r["index"], r.get("steps"), r.get("seed"), r.get("resolution"), r.get("max_depth"))] = r
     ref, sig, cost = {}, {}, {}
     for i in indices:
+        res = sides[i]
         longs = [by.get(("train", i, plan.long_steps, s, res, cap)) for s in plan.reference_seeds]
         if any(x is None for x in longs):
             continue
@@ -392,6 +417,7 @@ def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
     names = [n for n in names if all(n in sig[i] for i in common)]
     target = [statistics.fmean(ref[i]) for i in common]
     params = [sig[i].get("params", 0.0) for i in common]
+    macs = [sig[i].get("macs", 0.0) for i in common]
     ens_parts = [p.format(b0=min(plan.short_steps)) for p in ENSEMBLE]
     values = {n: [sig[i][n] for i in common] for n in names}
     if all(p in values for p in ens_parts):
@@ -405,6 +431,8 @@ def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
         out[n] = {
             "tau": round(_kendall(v, target), 3), "tau_ci": _bootstrap_tau(v, target), "rho": round(_spearman(v, target), 3),
             "tau_partial_params": round(_partial_tau(v, target, params), 3) if n != "params" else 0.0,
+            # A search that already minimises MACs gains from a signal only what it ranks beyond MACs.
+            "tau_partial_macs": round(_partial_tau(v, target, macs), 3) if n != "macs" else 0.0,
             "top_quarter_precision": round(_top_precision(v, target), 3),
             "cost_s": round(statistics.median(costs), 3) if costs else None,
         }
@@ -415,9 +443,11 @@ def analyse(out: Path, *, command: str = "") -> dict:
     """Statistics of every signal, the noise ceiling, the choice and its hold-out check -> ``fidelity.json``."""
     out = Path(out)
     plan, specs = load_specs(out)
+    resolutions = load_resolutions(out)
+    sides = _sides(plan, None if resolutions[0] is None else resolutions, len(specs))
     runs = _collect(out)
     main_idx, hold_idx = range(plan.n), range(plan.n, plan.n + plan.n_holdout)
-    ref, sig, cost = _signal_table(plan, runs, main_idx)
+    ref, sig, cost = _signal_table(plan, runs, main_idx, sides)
     signals, common = _evaluate(plan, ref, sig, cost)
     seeds = list(zip(*[ref[i] for i in common])) if common else [[], []]
     ranked = len(common) >= _MIN_RANKED
@@ -426,7 +456,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
     passing = sorted((v["cost_s"], n) for n, v in signals.items() if v["tau"] >= bar and v["cost_s"] is not None)
     best = max(signals, key=lambda n: signals[n]["tau"]) if signals else None
     chosen_name = passing[0][1] if passing else best
-    h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx)
+    h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx, sides)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost) if h_ref else ({}, [])
     chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
@@ -437,33 +467,36 @@ def analyse(out: Path, *, command: str = "") -> dict:
         # A confirmation needs every hold-out spec: on a few, tau's interval spans almost [-1, 1].
         chosen["holdout_passed"] = (len(h_common) == plan.n_holdout and chosen["tau_holdout"] is not None
                                     and chosen["tau_holdout"] >= bar)
-    curve = _learning_curves(plan, runs, common)
+    curve = _learning_curves(plan, runs, common, sides)
     result = {
         "plan": plan.to_dict(), "command": command, "space": plan.space,
-        "specs": [{"index": i, "spec_hash": specs[i].spec_hash, "arch": specs[i].code, "reference_top1": ref[i],
-                   "signals": sig[i]} for i in common],
+        "specs": [{"index": i, "spec_hash": specs[i].spec_hash, "arch": specs[i].code, "resolution": resolutions[i],
+                   "input_side": sides[i], "reference_top1": ref[i], "signals": sig[i]} for i in common],
         "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(*seeds) if ranked else None,
         "reference_top1_range": [round(min(statistics.fmean(ref[i]) for i in common), 4),
                                  round(max(statistics.fmean(ref[i]) for i in common), 4)] if common else None,
+        "resolution_range": ([min(resolutions[i] for i in common), max(resolutions[i] for i in common)]
+                             if common and resolutions[0] is not None else None),
+        "input_side_range": [min(sides[i] for i in common), max(sides[i] for i in common)] if common else None,
         "learning_curves": curve,
         "signals": signals, "signals_holdout": h_signals, "chosen": chosen,
         "scaling": _scaling_subset(plan, runs),
         "devices": sorted({r["device"] for r in runs}),
         "units": len(runs),
-        "units_planned": len(plan_units(plan, specs)),
+        "units_planned": len(plan_units(plan, specs, resolutions=None if resolutions[0] is None else resolutions)),
         "complete": len(common) == plan.n and len(h_common) == plan.n_holdout,
     }
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
 
 
-def _learning_curves(plan: FidelityPlan, runs: List[dict], common: Sequence[int]) -> dict:
+def _learning_curves(plan: FidelityPlan, runs: List[dict], common: Sequence[int], sides: Sequence[int]) -> dict:
     """Mean validation top-1 of the reference runs at each validation step: has training flattened?"""
-    res, cap = plan.train.resolution, plan.train.max_depth
+    cap = plan.train.max_depth
     per_step: Dict[int, List[float]] = {}
     for r in runs:
-        if (r["kind"] == "train" and r["steps"] == plan.long_steps and r["index"] in common and r["resolution"] == res
-                and r["max_depth"] == cap):
+        if (r["kind"] == "train" and r["steps"] == plan.long_steps and r["index"] in common
+                and r["resolution"] == sides[r["index"]] and r["max_depth"] == cap):
             for h in r["result"]["history"]:
                 per_step.setdefault(h["step"], []).append(h["val_top1"])
     return {str(k): round(statistics.fmean(v), 4) for k, v in sorted(per_step.items())}
@@ -534,6 +567,19 @@ def plot_tau_vs_cost(result: dict, path: Path) -> Optional[Path]:
     return path
 
 
+_DATA_WORDS = {
+    "fashion-mnist": "real Fashion-MNIST photos, 10 classes, chance 0.10",
+    "fashion-mnist-canvas": "Fashion-MNIST photos small on a cluttered canvas, 10 classes, chance 0.10",
+    "digits": "scanned digits small on a cluttered canvas, 10 classes, chance 0.10",
+    "glyphs": "the digit among letters in vector fonts, a scene in fractions of the side; 10 classes, chance 0.10; "
+              "validation fonts held out",
+}
+
+
+def _macs_words(plan: dict) -> str:
+    return f"{plan['macs_resolution']} px" if plan.get("macs_resolution") else "each spec's own sampled resolution"
+
+
 def write_report(result: dict, out: Path) -> Path:
     out = Path(out)
     plan = result["plan"]
@@ -550,15 +596,18 @@ def write_report(result: dict, out: Path) -> Path:
             f"{result['units_planned']} units finished); every figure below is on those specs only and the choice is "
             "preliminary. Rerun the command to continue: finished units are kept.\n"]),
         "## Set-up\n",
-        f"* Data: `{t['data']}` (real Fashion-MNIST photos, 10 classes, chance 0.10), {t['train_size']} training and "
-        f"{t['val_size']} validation images at {t['resolution']} px.",
+        f"* Data: `{t['data']}` ({_DATA_WORDS.get(t['data'], 'an ImageFolder')}), {t['train_size']} training and "
+        f"{t['val_size']} validation images at " + (
+            f"{t['resolution']} px." if result.get("resolution_range") is None else
+            f"each spec's input side: its sampled resolution (range {result['resolution_range']}) times the side rule "
+            f"(sides {result['input_side_range']} px)."),
         f"* Trained copy of each spec: widths x{t['width_mult']}, depth cap {t['max_depth']}, batch {t['batch_size']}, "
         f"AdamW lr {t['lr']} (one-cycle), weight decay {t['weight_decay']}.",
         f"* Reference: validation top-1 after {plan['long_steps']} steps, seeds {plan['reference_seeds'][0]} and "
         f"{plan['reference_seeds'][1]}; target = their mean. Mean top-1 over the validations of the reference runs "
         f"(does the curve flatten?): " + ", ".join(f"step {k}: {v:.3f}" for k, v in result["learning_curves"].items()) + ".",
         f"* Signals from a third seed ({plan['signal_seed']}), so that no signal shares a run with the reference: zero-cost "
-        f"proxies on one real batch of 64 at init; params and MACs of the full spec (MACs at {plan['macs_resolution']} px); "
+        f"proxies on one real batch of 64 at init; params and MACs of the full spec (MACs at {_macs_words(plan)}); "
         f"`train_top1@B` and `train_loss_sum@B` (sum of the training losses, negated so higher is better) of a separate "
         f"B-step training (its own one-cycle schedule); `ensemble` = mean rank of {', '.join(ENSEMBLE).format(b0=min(plan['short_steps']))}"
         f" (fixed before any result was seen).",
@@ -583,15 +632,16 @@ def write_report(result: dict, out: Path) -> Path:
         "\n## Every signal\n",
         f"Scored on the {result['n_specs']} main specs; the last column scores the same signal on the "
         f"{ch['n_holdout']} hold-out specs (not used to choose; with so few specs its interval is wide).\n",
-        "| signal | tau | 95% CI | rho | tau, params partialled out | top-quarter precision | CPU cost per spec (s) "
-        "| hold-out tau [95% CI] |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+        "| signal | tau | 95% CI | rho | tau, params partialled out | tau, MACs partialled out | top-quarter precision "
+        "| CPU cost per spec (s) | hold-out tau [95% CI] |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for n, v in result["signals"].items():
         h = result.get("signals_holdout", {}).get(n)
         held = f"{_fmt(h['tau'])} [{h['tau_ci'][0]:.2f}, {h['tau_ci'][1]:.2f}]" if h and h.get("tau") is not None else "-"
         lines.append(f"| {n} | {_fmt(v['tau'])} | [{v['tau_ci'][0]:.2f}, {v['tau_ci'][1]:.2f}] | {_fmt(v['rho'])} | "
-                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v['top_quarter_precision'], 2)} | {_fmt(v['cost_s'], 2)} | {held} |")
+                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v.get('tau_partial_macs'))} | {_fmt(v['top_quarter_precision'], 2)} "
+                     f"| {_fmt(v['cost_s'], 2)} | {held} |")
     if png:
         lines += ["", f"![tau against cost]({png.name})"]
     if result["scaling"]:
@@ -633,7 +683,8 @@ def run_study(
     out = Path(out)
     if not analyse_only:
         specs = write_specs(plan, out)
-        units = plan_units(plan, specs, kinds=kinds)
+        resolutions = load_resolutions(out)
+        units = plan_units(plan, specs, kinds=kinds, resolutions=None if resolutions[0] is None else resolutions)
         total = len(units) - len(done_ids(out) & {u["id"] for u in units})
         run_units(out, units, accelerator=accelerator, workers=workers, data_root=data_root, deadline_s=deadline_s,
                   progress=(lambda rec: progress(rec, total)) if progress else None)

@@ -1,0 +1,199 @@
+"""Validation of the ``glyphs`` task itself: does its accuracy see resolution and the extra stage?
+
+Questions (the report answers each with numbers and seeds):
+  (a) FastViTHD gains top-1 from each resolution step to the next over the CPU tier, by more than the
+      seed-to-seed spread;
+  (b) at a fixed resolution, FastViTHD (stride 64) and the same network at stride 32 differ by more than
+      the spread (and in which direction);
+  (c) FastVLM's claim at equal tokens: FastViTHD at twice the resolution against the stride-32 variant at
+      the lower one (the same visual tokens).
+  (d) comes from the fidelity study on glyphs (analysis/proxy_fidelity_glyphs).
+
+Every unit is one training (variant, candidate resolution, seed) of the quarter-width copy at the input side
+the options' side rule gives (1/8 of the resolution on this CPU). Each finished unit is appended to
+``runs.jsonl`` in --out as it ends, so an interrupted run resumes where it stopped; ``--report-only``
+rewrites the report from the log.
+
+    python benchmarks/glyph_task.py --out analysis/glyphs_task
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("fastvithd", "fastvithd_stride32")
+
+
+def _variants():
+    from archsearch.ablation import build_variants, load_ablation
+
+    cfg = load_ablation(ROOT / "trials" / "ablate_downsampling.yaml")
+    return {s.name: s for s in build_variants(cfg) if s.name in VARIANTS}
+
+
+def units(resolutions, seeds):
+    out = [("fastvithd", r, s) for r in resolutions for s in seeds]
+    # (b) and (c): the stride-32 variant at the lowest and the highest resolution but one, and at the highest.
+    out += [("fastvithd_stride32", r, s) for r in sorted({resolutions[-1], resolutions[len(resolutions) // 2 - 1]})
+            for s in seeds]
+    return out
+
+
+def _key(u) -> str:
+    return f"{u[0]}@{u[1]}:seed{u[2]}"
+
+
+def _done(log: Path) -> dict:
+    runs = {}
+    if log.exists():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill: that unit runs again
+            runs[r["key"]] = r
+    return runs
+
+
+def run(args) -> None:
+    import torch
+
+    from archsearch.options import TrainProxyConfig
+    from archsearch.proxy.train import train_proxy
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.jsonl"
+    specs = _variants()
+    base = TrainProxyConfig(data="glyphs", steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            train_size=args.train_size, val_size=args.val_size, val_every=max(1, args.steps // 4))
+    for u in units(args.resolutions, args.seeds):
+        if _key(u) in _done(log):
+            continue
+        name, res, seed = u
+        cfg = dataclasses.replace(base.for_candidate(res), seed=seed)
+        r = train_proxy(specs[name], cfg)
+        rec = {"key": _key(u), "variant": name, "resolution": res, "seed": seed, "input_side": cfg.resolution,
+               "tokens": specs[name].visual_tokens(res), "val_top1": r.val_top1, "val_loss": r.val_loss,
+               "train_loss": r.train_loss, "seconds": round(r.seconds, 1), "history": r.history,
+               "config": dataclasses.asdict(cfg), "threads": args.threads,
+               "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"{rec['key']}: top-1 {r.val_top1:.3f} at {cfg.resolution} px in {r.seconds:.0f} s", flush=True)
+
+
+def _stats(runs, variant, res):
+    v = [r["val_top1"] for r in runs.values() if r["variant"] == variant and r["resolution"] == res]
+    return v
+
+
+def report(args) -> Path:
+    out = Path(args.out)
+    runs = _done(out / "runs.jsonl")
+    if not runs:
+        raise SystemExit(f"{out / 'runs.jsonl'}: no finished units")
+    cfg = next(iter(runs.values()))["config"]
+    seeds = sorted({r["seed"] for r in runs.values()})
+    # The seed-to-seed spread: per (variant, resolution) cell with every seed, max - min; its median over cells.
+    cells = {}
+    for r in runs.values():
+        cells.setdefault((r["variant"], r["resolution"]), []).append(r["val_top1"])
+    full = {k: v for k, v in cells.items() if len(v) == len(seeds)}
+    spreads = [max(v) - min(v) for v in full.values()]
+    spread = statistics.median(spreads) if spreads else float("nan")
+    worst = max(spreads) if spreads else float("nan")
+
+    def cell(variant, res):
+        v = cells.get((variant, res), [])
+        return (statistics.fmean(v), v) if v else (None, v)
+
+    def fmt(variant, res):
+        m, v = cell(variant, res)
+        return "-" if m is None else f"{m:.3f} ({', '.join(f'{x:.3f}' for x in v)})"
+
+    lines = [
+        "# The `glyphs` task: does accuracy see resolution and the extra downsampling stage?\n",
+        f"Regenerate: `{args.command}` (resumes from `runs.jsonl`; `--report-only` rewrites this report). "
+        f"Seeds {seeds}; {len(runs)} trainings.\n",
+        f"Each training: the quarter-width copy (widths x{cfg['width_mult']}, depth cap {cfg['max_depth']}) on `glyphs`, "
+        f"{cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (one-cycle), {cfg['train_size']} training "
+        f"and {cfg['val_size']} validation scenes (validation fonts held out), input side = "
+        f"{cfg['resolution_scale']} x the candidate's resolution (this CPU's tier). Chance is 0.100.\n",
+        f"**Seed-to-seed spread** (max - min over seeds in one cell): median {spread:.3f}, largest {worst:.3f} "
+        f"over {len(spreads)} cells.\n",
+        "## Top-1 by variant and resolution (mean, then each seed)\n",
+        "| variant | resolution | input side | tokens | top-1 |", "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for (variant, res) in sorted(cells, key=lambda k: (k[0], k[1])):
+        r0 = next(r for r in runs.values() if r["variant"] == variant and r["resolution"] == res)
+        lines.append(f"| {variant} | {res} | {r0['input_side']} | {r0['tokens']} | {fmt(variant, res)} |")
+    # (a)
+    res_hd = sorted(r for (v, r) in cells if v == "fastvithd")
+    lines += ["", "## (a) Each resolution step, FastViTHD\n", "| step | gain in mean top-1 | larger than the largest spread? |",
+              "| --- | ---: | --- |"]
+    for lo, hi in zip(res_hd, res_hd[1:]):
+        a, b = cell("fastvithd", lo)[0], cell("fastvithd", hi)[0]
+        if a is not None and b is not None:
+            lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {'yes' if b - a > worst else 'no'} |")
+    # (b)
+    lines += ["", "## (b) FastViTHD (stride 64) against the same network at stride 32, same resolution\n",
+              "| resolution | stride 64 | stride 32 | difference (64 - 32) | beyond the largest spread? |",
+              "| ---: | --- | --- | ---: | --- |"]
+    for res in sorted(r for (v, r) in cells if v == "fastvithd_stride32"):
+        a, b = cell("fastvithd", res)[0], cell("fastvithd_stride32", res)[0]
+        if a is not None and b is not None:
+            lines.append(f"| {res} | {fmt('fastvithd', res)} | {fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
+                         f"{'yes' if abs(a - b) > worst else 'no'} |")
+    # (c)
+    lines += ["", "## (c) Equal tokens: FastViTHD at 2R against stride 32 at R\n",
+              "| FastViTHD at | stride 32 at | tokens | FastViTHD | stride 32 | difference | beyond the largest spread? |",
+              "| ---: | ---: | ---: | --- | --- | ---: | --- |"]
+    for res in sorted(r for (v, r) in cells if v == "fastvithd_stride32"):
+        a, b = cell("fastvithd", 2 * res)[0], cell("fastvithd_stride32", res)[0]
+        if a is not None and b is not None:
+            r0 = next(r for r in runs.values() if r["variant"] == "fastvithd_stride32" and r["resolution"] == res)
+            lines.append(f"| {2 * res} | {res} | {r0['tokens']} | {fmt('fastvithd', 2 * res)} | "
+                         f"{fmt('fastvithd_stride32', res)} | {a - b:+.3f} | {'yes' if abs(a - b) > worst else 'no'} |")
+    lines += ["", "(d): the two-seed reference over the flagship space's specs is the fidelity study on `glyphs` "
+              "(`analysis/proxy_fidelity_glyphs/`).", "",
+              "Conditions: " + ", ".join(sorted({f"{r['threads']} thread(s)" for r in runs.values()})) +
+              f"; training seconds per unit {min(r['seconds'] for r in runs.values()):.0f}-"
+              f"{max(r['seconds'] for r in runs.values()):.0f} (shared 2-core host: compare nothing across sessions)."]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="analysis/glyphs_task")
+    p.add_argument("--resolutions", type=int, nargs="+", default=[256, 512, 768, 1024])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--train-size", type=int, default=10000)
+    p.add_argument("--val-size", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    args.command = "python benchmarks/glyph_task.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")
+    if not args.report_only:
+        run(args)
+    print(report(args))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
