@@ -23,6 +23,21 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
+def resolve_relative(path: str, base_dir: str | Path) -> str:
+    """A path written in a file that lives in ``base_dir``: beside the file first, then in its parent folders
+    (``trials/x.yaml`` names ``search_spaces/y.yaml`` of the project it belongs to), then as written (from
+    the working directory). Absolute paths and names that are no path (a reference such as ``fastvithd``)
+    are returned as they are when nothing matches."""
+    if Path(path).is_absolute():
+        return path
+    base = Path(base_dir).resolve()
+    for folder in (base, *base.parents):
+        candidate = folder / path
+        if candidate.exists():
+            return str(candidate)
+    return path
+
+
 def join_key(prefix: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{prefix}[{key}]"

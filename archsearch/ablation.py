@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from omegaconf import MISSING
 
-from ._config import from_data, read_yaml
+from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
 from .metrics import OBJECTIVES, Measurer, parse_metrics
 from .options import MeasureOptions
+from .progress import UnitEvent
 from .references import load_spec
 from .space import apply_overrides
 from .spec import ArchSpec
@@ -77,8 +78,8 @@ class AblationConfig:
             raise ConfigError("metrics", e.message) from None
 
     def resolve(self, path: str) -> str:
-        candidate = Path(self.base_dir) / path
-        return str(candidate) if not Path(path).exists() and candidate.exists() else path
+        """A path written in the file, found from the file's folder (see :func:`resolve_relative`)."""
+        return resolve_relative(path, self.base_dir)
 
 
 def load_ablation(path: str | Path, overrides: Sequence[str] = (), *, quick: bool = False) -> AblationConfig:
@@ -165,7 +166,7 @@ def run_ablation(
     out: Path,
     *,
     command: str = "",
-    on_row: Optional[Callable[[str, int], None]] = None,
+    on_row: Optional[Callable[[UnitEvent], None]] = None,
     warn: Optional[Callable[[str], None]] = None,
 ) -> List[dict]:
     """Measure every (variant, resolution); write ``results.csv``, ``results.json`` and ``ablation.json``."""
@@ -193,7 +194,8 @@ def run_ablation(
                               params={"variant": spec.name, "resolution": res, "spec": spec.to_dict()}, metrics=numeric,
                               tags={"variant": spec.name, "spec_hash": spec.spec_hash}, spec_yaml=spec.to_yaml())
             if on_row:
-                on_row(spec.name, res)
+                on_row(UnitEvent(len(rows), len(specs) * len(cfg.resolutions), f"{spec.name} @ {res} px",
+                                 time.perf_counter() - start))
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

@@ -120,6 +120,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     _accept_overrides(p, "the space")
 
 
+def _quiet_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress display and no notes (warnings still print)")
+
+
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty output directory, replacing the files an earlier run of this command wrote")
@@ -403,6 +407,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     _overwrite_arg(p)
     p.add_argument("--dry-run", action="store_true",
                    help="check the experiment file, its space and references, print the plan, run nothing")
+    _quiet_arg(p)
     _accept_overrides(p, "the experiment file")
 
 
@@ -431,13 +436,14 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
     runner = SearchRunner(cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0, warn=_warn)
     budget = args.n_trials or cfg.n_trials
     before = runner.counted_trials()
+    from ._display import SearchDisplay
+
+    display = SearchDisplay(_out, _err, study=cfg.study, budget=budget, finished=before, quiet=args.quiet)
     try:
         # A Ctrl-C or SIGTERM that lands inside a database commit makes SQLAlchemy log the interrupted
         # commit with its traceback; the command says "interrupted" in one line instead.
-        with _progress() as progress, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL,
-                                                           "sqlalchemy.engine": logging.CRITICAL}):
-            task = progress.add_task(f"{cfg.study} ({cfg.sampler.name})", total=budget, completed=min(before, budget))
-            result = runner.run(n_trials=budget, on_trial=lambda done, total: progress.update(task, completed=done))
+        with display, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL, "sqlalchemy.engine": logging.CRITICAL}):
+            result = runner.run(n_trials=budget, on_trial=display.trial)
     except KeyboardInterrupt as e:
         done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
         why = "terminated (SIGTERM)" if isinstance(e, _interrupts.Terminated) else "interrupted"
@@ -451,6 +457,7 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
         + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
         + ("" if runner.tracker.enabled else " (MLflow tracking off)")
     )
+    _say_where(args, runner, cfg)
     if result.rungs:
         r = result.rungs
         _out.print(f"rungs {r['rungs']} steps: " + ", ".join(f"{n} stopped at rung {i}" for i, n in r["stopped_at"].items())
@@ -470,6 +477,20 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
                       "yes" if r.fastvithd_like else "", ",".join(r.dominates))
     _out.print(table)
     return 0
+
+
+def _say_where(args: argparse.Namespace, runner, cfg) -> None:
+    """Where the front's table and plot went: the export directory and the study's MLflow parent run."""
+    places = []
+    if args.pareto_out:
+        places.append(f"{args.pareto_out}/ (pareto.md, pareto.csv, pareto.png, the specs)")
+    if runner.tracker.enabled and runner.parent_run_id:
+        places.append(f"MLflow run {runner.parent_run_id} in {mask_secrets(cfg.tracking.uri)} "
+                      f"(experiment {cfg.tracking.experiment!r}; artifacts pareto/ once the budget is complete)")
+    if not places:
+        places.append(f"nowhere yet: `archsearch pareto {cfg.study} --storage {mask_secrets(runner.url)} --out DIR` "
+                      "writes the table and plot")
+    _out.print("Pareto front: " + "; ".join(places), markup=False, highlight=False, soft_wrap=True)
 
 
 @_command("search", "run (or resume) the Optuna study of an experiment file", _search_args)
@@ -504,6 +525,7 @@ def _ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for results.csv, results.json, ablation.json")
     p.add_argument("--quick", action="store_true", help="apply the file's `quick` overrides (a smoke test)")
     p.add_argument("--report", action="store_true", help="also write the Markdown report and plots into --out")
+    _quiet_arg(p)
     _accept_overrides(p, "the ablation file")
 
 
@@ -515,13 +537,10 @@ def _ablate(args: argparse.Namespace) -> int:
     total = len(build_variants(cfg)) * len(cfg.resolutions)
     command = " ".join(["archsearch ablate", args.ablation, "--out", args.out, *(["--quick"] if args.quick else []),
                         *args.overrides])
-    with _progress() as progress:
-        task = progress.add_task(cfg.name, total=total)
-        rows = run_ablation(
-            cfg, Path(args.out), command=command,
-            on_row=lambda v, r: progress.update(task, advance=1, description=f"{v} @ {r}"),
-            warn=_warn,
-        )
+    from ._display import UnitDisplay
+
+    with UnitDisplay(_out, _err, title=cfg.name, total=total, quiet=args.quiet) as display:
+        rows = run_ablation(cfg, Path(args.out), command=command, on_row=display.unit, warn=_warn)
     cols = [c for c in ("variant", "resolution", "tokens", "macs", "latency_ms", "latency_iqr_ms", "ttft_ms") if c in rows[0]]
     table = Table(title=f"ablation {cfg.name} -> {args.out}/results.csv")
     for c in cols:
@@ -647,6 +666,7 @@ def _fidelity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes running units at once")
     p.add_argument("--deadline-s", type=float, default=None, help="stop starting units after this many seconds")
     p.add_argument("--analyse-only", action="store_true", help="only turn runs.jsonl into the report")
+    _quiet_arg(p)
 
 
 def _int_list(text: str, key: str) -> tuple:
@@ -707,13 +727,14 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
     from .proxy import fidelity
 
     plan, command = _fidelity_plan(args)
-    with _progress() as progress:
-        task = progress.add_task("fidelity units", total=None)
+    from ._display import UnitDisplay
 
-        def show(rec: dict, total: int) -> None:
-            if "error" in rec:
-                _warn(f"unit {rec['id']} failed: {rec['error']}")
-            progress.update(task, advance=1, total=total, description=rec["id"][:60])
+    with UnitDisplay(_out, _err, title="fidelity units", total=None, quiet=args.quiet) as display:
+
+        def show(e) -> None:
+            if e.error:
+                _warn(f"unit {e.label} failed: {e.error}")
+            display.unit(e)
 
         result = fidelity.run_study(plan, Path(args.out), command=command, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
                                     accelerator=args.accelerator, workers=args.workers, data_root=args.data_root,
@@ -725,12 +746,18 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
-class _WarningLine(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+class _LogLine(logging.Handler):
+    """The library's log records, one line each: warnings (something to act on) as ``warning: ...``, notes
+    (routine events: a fit, a resumed study, a cache used) as they are, or not at all with ``--quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(logging.WARNING if quiet else logging.INFO)
 
     def emit(self, record: logging.LogRecord) -> None:
-        _warn(record.getMessage())
+        if record.levelno >= logging.WARNING:
+            _warn(record.getMessage())
+        else:
+            _err.print(mask_secrets(record.getMessage()), markup=False, highlight=False, soft_wrap=True)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -756,12 +783,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         if unknown or not getattr(args, "_accepts_overrides", False):
             parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
         args.overrides = extra
-    # The library's warnings go to the "archsearch" logger; the command line prints them, one line each.
-    handler = _WarningLine()
+    # The library's notes and warnings go to the "archsearch" logger; the command line prints them, one line each.
+    handler = _LogLine(quiet=getattr(args, "quiet", False))
     logger = logging.getLogger("archsearch")
     logger.addHandler(handler)
     try:
-        with _interrupts.deferred() if args.command in _LONG_COMMANDS else contextlib.nullcontext():
+        with (_interrupts.deferred() if args.command in _LONG_COMMANDS else contextlib.nullcontext(),
+              _scoped.log_levels({"archsearch": logging.INFO})):
             return args._run(args)
     except ArchsearchError as e:
         _err.print(f"archsearch {args.command}: error: {mask_secrets(e)}", markup=False, highlight=False, soft_wrap=True)

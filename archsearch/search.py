@@ -35,6 +35,7 @@ from . import _interrupts, _scoped
 from ._storage import sqlite_file
 from .errors import ConfigError, InvalidSample, mask_secrets
 from .metrics import Measurer
+from .progress import TrialEvent
 from .references import load_spec
 from .space import SearchSpace, load_space
 from .spec import ArchSpec
@@ -380,7 +381,7 @@ class SearchRunner:
 
                 found, _ = draw(self.space, n, seed=12345)
                 start = time.perf_counter()
-                self.warn(f"fitting the latency predictor on {len(found)} whole models of {self.space.name} "
+                _log.info(f"fitting the latency predictor on {len(found)} whole models of {self.space.name} "
                           f"before the first trial (once per table: {predictor.path.name})")
                 timed = []
 
@@ -388,15 +389,16 @@ class SearchRunner:
                     timed.append(time.perf_counter())
                     if len(timed) == 1 and len(found) > 1:
                         took = timed[0] - start
-                        self.warn(f"predictor fit: model 1 of {len(found)} took {took:.0f} s; about "
+                        _log.info(f"predictor fit: model 1 of {len(found)} took {took:.0f} s; about "
                                   f"{took * (len(found) - 1):.0f} s to go")
 
                 predictor.fit_scale([(c.spec, c.resolution) for c in found], progress=progress)
-                self.warn(f"latency predictor fitted in {time.perf_counter() - start:.0f} s: scale {predictor.scale:.3g}, "
+                _log.info(f"latency predictor fitted in {time.perf_counter() - start:.0f} s: scale {predictor.scale:.3g}, "
                           f"exponent {predictor.exponent:.3f}")
             stored = predictor.identity()
             self.study.set_user_attr("predictor", stored)
         else:
+            _log.info(f"latency predictor: the study's frozen fit (table {stored.get('table')}, scale {stored.get('scale')})")
             mine = {"table": predictor.path.name, "statistic": predictor.statistic}
             if any(stored.get(k) != v for k, v in mine.items()):
                 raise ConfigError("measure.latency", (
@@ -424,6 +426,8 @@ class SearchRunner:
             self.study.set_user_attr("space_resolutions", list(self.space.config.resolution))
         else:
             self._check_space()
+            done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            _log.info(f"resuming study {self.cfg.study!r} in {mask_secrets(self.url)}: {done} trials finished before")
         self._freeze_predictor()
         if "references" not in attrs and self.references:
             refs = []
@@ -499,7 +503,7 @@ class SearchRunner:
             self.warn(f"trial {t.number}: its worker (pid {pid}) is gone; the trial is failed and retried")
             retry(self.study, storage.get_trial(t._trial_id))
 
-    def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[int, int], None]] = None) -> SearchResult:
+    def run(self, *, n_trials: Optional[int] = None, on_trial: Optional[Callable[[TrialEvent], None]] = None) -> SearchResult:
         # Optuna logs a failed trial with its traceback; the runner reports it in one line instead and keeps
         # the error on the trial (user attribute ``error``). The caller's verbosity is restored afterwards.
         with _scoped.optuna_verbosity(optuna.logging.ERROR):
@@ -512,12 +516,13 @@ class SearchRunner:
         with self.lock.held():
             self._prepare_study()
 
-    def _run(self, *, n_trials: Optional[int], on_trial: Optional[Callable[[int, int], None]]) -> SearchResult:
+    def _run(self, *, n_trials: Optional[int], on_trial: Optional[Callable[[TrialEvent], None]]) -> SearchResult:
         budget = n_trials or self.cfg.n_trials
         self.prepare()
         deadline = None if self.cfg.timeout_s is None else time.monotonic() + self.cfg.timeout_s
         ran, stopped = 0, "budget"
         failed_in_a_row = 0
+        started = time.monotonic()
         while True:
             _interrupts.check()
             if deadline is not None and time.monotonic() > deadline:
@@ -527,6 +532,7 @@ class SearchRunner:
             try:
                 if self.counted_trials() >= budget:
                     break
+                trial_started = time.monotonic()
                 try:
                     self.study.optimize(self.objective, n_trials=1, catch=(Exception,), callbacks=[self._log_trial],
                                         gc_after_trial=False, show_progress_bar=False)
@@ -547,8 +553,32 @@ class SearchRunner:
                 stopped = f"{failed_in_a_row} failed trials in a row (max_consecutive_failures)"
                 break
             if on_trial:
-                on_trial(min(self.counted_trials(), budget), budget)
+                now = time.monotonic()
+                on_trial(self._event(budget, now - trial_started, now - started))
         return SearchResult(self.study, ran, stopped, budget)
+
+    def _event(self, budget: int, trial_s: float, elapsed_s: float) -> TrialEvent:
+        """The trial this process just ended, and the study's state now (every worker's trials)."""
+        t = self.study._storage.get_trial(self._trial_id)  # the Study API has no lookup by id
+        trials = self.study.get_trials(deepcopy=False)
+        states: Dict[str, int] = {}
+        for x in trials:
+            states[x.state.name] = states.get(x.state.name, 0) + 1
+        attrs = t.user_attrs
+        note = attrs.get("invalid_reason") or attrs.get("error") or ""
+        if "stopped_at_rung" in attrs:
+            note = f"stopped at rung {attrs['stopped_at_rung']} ({attrs['rung_steps'][-1]} steps)"
+        elif attrs.get("rungs") and self.cfg.fidelity is not None and t.state == TrialState.COMPLETE:
+            note = f"trained to the full budget ({self.cfg.fidelity.rungs[-1]} steps)"
+        running = {x.number: len(x.user_attrs["rungs"]) - 1 for x in trials
+                   if x.state == TrialState.RUNNING and x.user_attrs.get("rungs")}
+        front = len(self.study.best_trials) if states.get("COMPLETE") else 0
+        values = dict(zip([o.name for o in self.cfg.objectives], t.values)) if t.values else {}
+        return TrialEvent(
+            number=t.number, state=t.state.name, values=values, budget=budget, trial_s=trial_s, elapsed_s=elapsed_s,
+            finished=min(budget, states.get("COMPLETE", 0) + states.get("PRUNED", 0)), states=states, front=front,
+            arch=attrs.get("arch", ""), resolution=attrs.get("resolution"), note=str(note).splitlines()[0][:200] if note else "",
+            running_rungs=running)
 
     def _fail_interrupted_trial(self) -> None:
         try:

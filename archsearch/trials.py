@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 from omegaconf import MISSING
 
-from ._config import from_data, read_yaml
+from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
 from .options import MeasureOptions
 from .space import apply_overrides
@@ -157,11 +157,8 @@ class TrialsConfig:
         return self.study_name or self.name
 
     def resolve(self, path: str) -> str:
-        """A path from the file: as written if it exists from here, else relative to the file's folder."""
-        if Path(path).exists() or Path(path).is_absolute():
-            return path
-        candidate = Path(self.base_dir) / path
-        return str(candidate) if candidate.exists() else path
+        """A path written in the file, found from the file's folder (see :func:`resolve_relative`)."""
+        return resolve_relative(path, self.base_dir)
 
 
 def load_trials(path: str | Path, overrides: Sequence[str] = ()) -> TrialsConfig:

@@ -158,3 +158,42 @@ def test_measure_overrides_of_the_options(capsys):
     assert "repeats" in capsys.readouterr().err
     assert main(["measure", "fastvit_t8", "-r", "64", "-m", "params", "train.nope=1"]) == 2
     assert "train.nope" in capsys.readouterr().err
+
+
+# --- progress of the long commands (off a terminal: one [k/N] line per finished trial or unit) ---------------
+
+Q = [str(ROOT / "trials" / "quickstart.yaml"), "tracking.enabled=false", "enqueue=[]",
+     "objectives=[{name: params}, {name: macs}]", 'space_overrides=["resolution=[64]"]']
+
+
+def _run_piped(args, cwd, timeout=600):
+    import os
+    import sys
+
+    env = {**os.environ, "ARCHSEARCH_CACHE_DIR": str(cwd / "cache")}
+    return subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_search_prints_one_line_per_finished_trial_and_no_warnings(tmp_path):
+    # Run from another directory: the experiment's relative paths resolve from the experiment file.
+    proc = _run_piped(["search", *Q, "n_trials=6"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    lines = [l for l in text.splitlines() if l.startswith("[")]
+    assert [l.split("]")[0] for l in lines] == [f"[{k}/6" for k in range(1, 7)], text
+    assert all(" trial " in l for l in lines)
+    assert not [l for l in text.splitlines() if l.startswith("warning:")], text
+    assert "Pareto front: nowhere yet: `archsearch pareto quickstart" in proc.stdout
+    # Resumed: a note (no "warning:"), and nothing more to run.
+    proc = _run_piped(["search", *Q, "n_trials=6"], tmp_path)
+    assert proc.returncode == 0 and "resuming study 'quickstart'" in proc.stderr
+    assert not [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
+    assert _run_piped(["search", *Q, "n_trials=6", "--quiet"], tmp_path).stderr == ""
+
+
+def test_ablate_prints_one_line_per_unit(tmp_path):
+    proc = _run_piped(["ablate", str(ROOT / "trials" / "ablate_downsampling.yaml"), "--out", str(tmp_path / "a"), "--quick",
+                       "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [l.split("]")[0] for l in proc.stdout.splitlines() if l.startswith("[")] == [f"[{k}/6" for k in range(1, 7)]

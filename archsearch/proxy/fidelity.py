@@ -32,6 +32,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import _interrupts
 from ..errors import ConfigError
+from ..progress import UnitEvent
 from ..spec import ArchSpec
 from .train import TrainProxyConfig
 from .zero_cost import PROXIES, ProxyConfig
@@ -674,11 +675,11 @@ def run_study(
     data_root: Optional[str] = None,
     deadline_s: Optional[float] = None,
     analyse_only: bool = False,
-    progress: Optional[Callable[[dict, int], None]] = None,
+    progress: Optional[Callable[[UnitEvent], None]] = None,
 ) -> dict:
     """Run the study's missing units of ``kinds`` (resuming ``out``), then analyse and write the report.
 
-    ``progress(record, total)`` is called after every finished (or failed: ``record["error"]``) unit.
+    ``progress(event)`` is called after every finished (or failed: ``event.error``) unit.
     """
     out = Path(out)
     if not analyse_only:
@@ -686,8 +687,15 @@ def run_study(
         resolutions = load_resolutions(out)
         units = plan_units(plan, specs, kinds=kinds, resolutions=None if resolutions[0] is None else resolutions)
         total = len(units) - len(done_ids(out) & {u["id"] for u in units})
+        start, done = time.perf_counter(), [0]
+
+        def report(rec: dict) -> None:
+            done[0] += 1
+            if progress:
+                progress(UnitEvent(done[0], total, rec["id"], time.perf_counter() - start, rec.get("error", "")))
+
         run_units(out, units, accelerator=accelerator, workers=workers, data_root=data_root, deadline_s=deadline_s,
-                  progress=(lambda rec: progress(rec, total)) if progress else None)
+                  progress=report)
     if not (out / RUNS_FILE).exists():
         raise ConfigError("--out", f"{out / RUNS_FILE}: no finished units to analyse")
     result = analyse(out, command=command)
