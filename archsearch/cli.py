@@ -643,12 +643,13 @@ _PLAN_FLAGS = {
     "--lr": ("train", "lr", float), "--train-size": ("train", "train_size", int), "--val-size": ("train", "val_size", int),
     "--long-steps": ("plan", "long_steps", int), "--short-steps": ("plan", "short_steps", str),
     "--scalings": ("plan", "scalings", str), "--n-scaling": ("plan", "n_scaling", int),
+    "--macs-resolution": ("plan", "macs_resolution", int),
 }
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
     from .proxy.fidelity import FidelityPlan
-    from .proxy.train import TrainProxyConfig
+    from .options import TrainProxyConfig
 
     p.add_argument("space", metavar="SPACE.yaml")
     p.add_argument("--out", required=True, help="directory for specs.json, runs.jsonl, fidelity.json, report.md")
@@ -702,7 +703,7 @@ def _fidelity_plan(args: argparse.Namespace):
             value = _int_list(value, flag)
         elif name == "scalings":
             value = _scalings(value)
-        elif name == "max_depth":
+        elif name in ("max_depth", "macs_resolution"):  # 0: none (no cap; MACs at each spec's own resolution)
             value = value or None
         (plan if where == "plan" else train)[name] = value
     base = FidelityPlan()

@@ -16,12 +16,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from . import _interrupts
 from .errors import ConfigError
 from .measure.cache import MeasureCache
-from .options import MeasureOptions
+from .options import ZERO_COST_NAMES, MeasureOptions
 from .spec import ArchSpec, Resolution, parse_resolution
 
 __all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_metrics", "resolve_objective"]
 
-_ZERO_COST = ("synflow", "naswot", "grad_norm", "snip")
 
 
 @dataclass(frozen=True)
@@ -258,7 +257,7 @@ def _zero_cost_metric(name: str) -> None:
     _metric(name, f"zero-cost proxy {name} at initialisation (options.proxy)", **{name: "maximize"})(compute)
 
 
-for _name in _ZERO_COST:
+for _name in ZERO_COST_NAMES:
     _zero_cost_metric(_name)
 
 

@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .spec import ArchSpec
 
 __all__ = [
-    "COUNTER_NAMES", "DATA_SET_NAMES", "LATENCY_BACKEND_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
+    "COUNTER_NAMES", "DATA_SET_NAMES", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
     "ProxyConfig", "ScalingRule", "TrainProxyConfig",
 ]
 
@@ -29,6 +29,8 @@ __all__ = [
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
 LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime")
 DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits", "glyphs")
+#: Zero-cost proxies (``proxy.zero_cost.PROXIES``, which checks it matches): torch-free, for the metric registry.
+ZERO_COST_NAMES = ("synflow", "naswot", "grad_norm", "snip")
 
 #: The input side a data set's proxies follow by default, as a factor of the candidate's resolution (see
 #: :meth:`ScalingRule.side`). ``glyphs`` is a scene in normalised coordinates whose detail a larger side

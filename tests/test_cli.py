@@ -197,3 +197,23 @@ def test_ablate_prints_one_line_per_unit(tmp_path):
                        "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [l.split("]")[0] for l in proc.stdout.splitlines() if l.startswith("[")] == [f"[{k}/6" for k in range(1, 7)]
+
+
+def test_help_and_sample_import_no_framework(tmp_path):
+    # A fresh interpreter: --help of every command and `sample` must not pay for torch, mlflow or lightning.
+    import sys
+
+    code = f"""
+import sys
+from archsearch.cli import COMMANDS, main
+for argv in [["--help"]] + [[name, "--help"] for name in COMMANDS]:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+assert main(["sample", {str(ROOT / 'search_spaces' / 'fastvithd.yaml')!r}, "-n", "2", "--out", {str(tmp_path / 's')!r}]) == 0
+print(sorted(m for m in ("torch", "mlflow", "lightning", "timm") if m in sys.modules))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -34,8 +34,7 @@ from .. import _interrupts
 from ..errors import ConfigError
 from ..progress import UnitEvent
 from ..spec import ArchSpec
-from .train import TrainProxyConfig
-from .zero_cost import PROXIES, ProxyConfig
+from ..options import ZERO_COST_NAMES, ProxyConfig, TrainProxyConfig
 
 __all__ = ["FidelityPlan", "analyse", "plan_units", "run_study", "run_units", "write_report", "write_specs"]
 
@@ -205,7 +204,7 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
 
         cfg = plan.zero_cost(unit["seed"], unit.get("side"))
         result = {}
-        for name in PROXIES:
+        for name in ZERO_COST_NAMES:
             s = score_proxy(spec, name, cfg)
             result[name], result[f"{name}_seconds"] = s.score, s.seconds
         t0 = time.perf_counter()
@@ -384,7 +383,7 @@ def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int], 
         cpu = by.get(("cpu_cost", i, None, None, res, cap))
         if zc is not None:
             z = zc["result"]
-            for name in PROXIES:
+            for name in ZERO_COST_NAMES:
                 s[name], c[name] = z[name], z[f"{name}_seconds"]
             s["params"], s["macs"] = z["params"], z["macs"]
             c["params"] = c["macs"] = z["complexity_seconds"]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..build import build_model
 from ..errors import ConfigError
 from ..spec import ArchSpec
-from ..options import ProxyConfig
+from ..options import ZERO_COST_NAMES, ProxyConfig
 
 __all__ = ["PROXIES", "ProxyConfig", "ProxyScore", "proxy_batch", "score_proxy"]
 
@@ -120,6 +120,7 @@ PROXIES: Dict[str, Callable[[nn.Module, torch.Tensor, torch.Tensor], float]] = {
     "grad_norm": grad_norm,
     "snip": snip,
 }
+assert tuple(PROXIES) == ZERO_COST_NAMES
 
 
 def score_proxy(spec: ArchSpec, name: str, config: Optional[ProxyConfig] = None) -> ProxyScore:
