@@ -9,6 +9,7 @@ level; nested dataclasses are converted level by level so that an error always n
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,9 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+#: What a key of ours looks like; anything else is shown by its length, never echoed.
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 
 
 def resolve_relative(path: str, base_dir: str | Path) -> str:
@@ -61,16 +65,22 @@ def read_yaml(path: str | Path) -> Any:
     """Parse a YAML file; a missing file or a syntax error is a one-line :class:`ConfigError`."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_YAML_BYTES and path.is_file():
-            raise ConfigError("", f"{path}: {size} bytes, more than the {MAX_YAML_BYTES} a YAML file here may have")
-        text = path.read_text(encoding="utf-8")
+        # Read with a byte limit, never trusting stat: /dev/zero says 0 bytes and never ends.
+        with open(path, "rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise ConfigError("", f"{path}: more than the {MAX_YAML_BYTES} bytes a YAML file here may have")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError("", f"{path}: no such file") from None
     except IsADirectoryError:
         raise ConfigError("", f"{path}: is a directory, expected a YAML file") from None
     except UnicodeDecodeError:
         raise ConfigError("", f"{path}: not a UTF-8 text file") from None
+    except PermissionError:
+        raise ConfigError("", f"{path}: permission denied") from None
+    except OSError as e:
+        raise ConfigError("", f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     return parse_yaml(text, source=str(path))
 
 
@@ -127,8 +137,12 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
             return loader.construct_document(node)
         finally:
             loader.dispose()
+    except ConfigError:
+        raise
     except RecursionError:
         raise ConfigError("", f"{source}: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of 100,000 digits (Python's int limit)
+        raise ConfigError("", f"{source}: a value YAML cannot hold ({str(e).splitlines()[0][:80]})") from None
     except yaml.MarkedYAMLError as e:
         if "nesting depth" in str(e.problem):  # libyaml >= 0.2.5 scans ahead and refuses 1000 levels first
             raise ConfigError("", f"{source}: nested too deeply (more than {MAX_YAML_DEPTH} levels)") from None
@@ -178,12 +192,17 @@ def from_data(cls: type[T], data: Any, key: str = "") -> T:
 def _from_data(cls: type[T], data: Any, key: str) -> T:
     if not isinstance(data, Mapping):
         where = key or "the document"
-        raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__} {_short(data)}")
+        # A whole document that is no mapping (a passwd file given as a space) is named, never echoed.
+        shown = "" if not key else f" {_short(data)}"
+        raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__}{shown}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for k in data:
         if k not in fields:
             allowed = ", ".join(fields)
+            if not _IDENTIFIER.match(str(k)):  # a text file given as YAML: its first line is no key to echo
+                raise ConfigError(key, f"{'the document' if not key else 'this mapping'} has a key that is no "
+                                       f"identifier ({len(str(k))} characters); expected one of: {allowed}")
             raise ConfigError(join_key(key, str(k)), f"unknown key; expected one of: {allowed}")
 
     values: dict[str, Any] = {}

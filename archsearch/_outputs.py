@@ -2,45 +2,98 @@
 
 A command that writes a set of files (``pareto``, ``report``, ``sample``, ``search --pareto-out``) into a
 directory first checks it: a path that is a file, or a directory that already holds files, is refused in
-one line unless ``--overwrite`` is given. With ``--overwrite`` the files a previous run of the same kind
-wrote (its name patterns) are removed first, so that nothing stale stays beside the new ones; files of
-any other kind are left alone.
+one line unless ``--overwrite`` is given. Every file a command writes is recorded in the directory's
+manifest (``.archsearch-outputs.json``, by kind); ``--overwrite`` removes exactly the files the manifest
+says an earlier run of the same kind wrote, so nothing stale stays beside the new ones and a file of the
+user's own (a hand-written ``pareto_trial9999_mine.yaml``) is never touched. Files are written atomically
+(a temporary file, then a rename), so a full disk leaves the previous file or none, never a cut one.
 """
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, Iterable, List
 
 from .errors import ConfigError
 
-__all__ = ["OUTPUT_PATTERNS", "prepare_output_dir"]
+__all__ = ["MANIFEST", "md_text", "prepare_output_dir", "record_outputs", "save_figure", "write_atomic"]
 
-#: The files each kind of output set writes (glob patterns).
-OUTPUT_PATTERNS = {
-    "pareto": ("pareto_trial*.yaml", "pareto.csv", "pareto.md", "pareto.png"),
-    "sample": ("spec_*.yaml", "samples.csv"),
-    "report": ("report.md", "*.png"),
-}
+MANIFEST = ".archsearch-outputs.json"
+KINDS = ("pareto", "sample", "report")
+
+
+def _manifest(out: Path) -> Dict[str, List[str]]:
+    try:
+        data = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        return {k: [str(n) for n in v] for k, v in data.items() if isinstance(v, list)} if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``path`` through a temporary file in the same directory and a rename; an error names the path."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise ConfigError("--out", f"cannot write {path}: {e.strerror or type(e).__name__}") from None
+
+
+def record_outputs(out: Path | str, kind: str, names: Iterable[str]) -> None:
+    """Add ``names`` (files in ``out``) to what the manifest says ``kind`` wrote there."""
+    out = Path(out)
+    manifest = _manifest(out)
+    manifest[kind] = sorted(set(manifest.get(kind, [])) | {Path(n).name for n in names})
+    write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
 
 
 def prepare_output_dir(out: Path | str, kind: str, *, overwrite: bool = False, option: str = "--out") -> Path:
     """Make ``out`` ready for one ``kind`` output set (see the module's docstring); returns it."""
+    if kind not in KINDS:
+        raise ValueError(kind)
     out = Path(out)
-    patterns: Sequence[str] = OUTPUT_PATTERNS[kind]
     if out.exists() and not out.is_dir():
         raise ConfigError(option, f"{out} is a file; give a directory")
     if out.is_dir():
-        present = sorted(p.name for p in out.iterdir())
+        present = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
         if present and not overwrite:
             shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
             raise ConfigError(option, f"{out} is not empty ({shown}); choose an empty directory or pass --overwrite")
         if overwrite:
-            for pattern in patterns:
-                for p in out.glob(pattern):
-                    if p.is_file() or p.is_symlink():
-                        p.unlink()
+            manifest = _manifest(out)
+            for name in manifest.pop(kind, []):
+                p = out / name
+                if p.parent == out and (p.is_file() or p.is_symlink()):
+                    p.unlink()
+            write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(option, f"cannot create {out}: {e.strerror}") from None
     return out
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """A matplotlib figure as PNG, written atomically."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    write_atomic(path, buf.getvalue())
+
+
+def md_text(text: object) -> str:
+    """A user's string (a study name) inside Markdown: one line, no raw HTML, no code-span breaks."""
+    one_line = " ".join(str(text).split())
+    return (one_line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "&#96;")
+            .replace("|", "&#124;"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import _interrupts, _scoped
-from ._outputs import prepare_output_dir
+from ._outputs import prepare_output_dir, record_outputs, write_atomic
 from .errors import ArchsearchError, ConfigError, mask_secrets
 from .spec import parse_resolution
 
@@ -147,7 +148,7 @@ def _sample(args: argparse.Namespace) -> int:
     for i, c in enumerate(candidates):
         path = out / f"spec_{i:03d}_{c.spec.spec_hash}.yaml"
         header = f"# sampled from {space.name} (seed {args.seed}, #{i}); evaluate at resolution {c.resolution}\n"
-        path.write_text(header + c.spec.to_yaml(), encoding="utf-8")
+        write_atomic(path, header + c.spec.to_yaml())
         rows.append(
             {
                 "index": i,
@@ -159,10 +160,12 @@ def _sample(args: argparse.Namespace) -> int:
                 "tokens": c.spec.visual_tokens(c.resolution),
             }
         )
-    with open(out / "samples.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["index"])
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["index"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "samples.csv", buf.getvalue())
+    record_outputs(out, "sample", [r["file"] for r in rows] + ["samples.csv"])
     table = Table(title=f"{len(rows)} specs from {space.name} -> {out} ({len(rejected)} invalid draws rejected)")
     for col in ("index", "arch", "resolution", "tokens", "spec_hash"):
         table.add_column(col)
@@ -464,8 +467,9 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
                    + f", {r['full_budget']} trained to the full budget; {r['steps_trained']} of {r['steps_if_all_full']} "
                    f"training steps ({100 * r['saved_fraction']:.0f}% saved)", markup=False, highlight=False)
     if result.failed_only:
-        _err.print(f"archsearch {'worker' if worker else 'search'}: error: no trial finished in this run and "
-                   f"{result.states_here['FAIL']} failed; last error: {mask_secrets(result.last_error or '?')}",
+        here = ", ".join(f"{n} {k.lower()}" for k, n in sorted(result.states_here.items()))
+        why = f"; last error: {mask_secrets(result.last_error)}" if result.last_error else ""
+        _err.print(f"archsearch {'worker' if worker else 'search'}: error: no trial completed in this run ({here}){why}",
                    markup=False, highlight=False, soft_wrap=True)
         return 1
     names = [o.name for o in cfg.objectives]
@@ -625,6 +629,11 @@ def _proxy(args: argparse.Namespace) -> int:
                   "scored_spec_hash": s.scored_spec_hash}
     else:
         raise ConfigError("--kind", f"{args.kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
+    nan = [k for k, v in result.items() if isinstance(v, float) and v != v]
+    if nan:
+        from .errors import MeasurementError
+
+        raise MeasurementError(f"{args.kind}: {', '.join(nan)} came out NaN (a training that diverged?)")
     if args.json:
         print(json.dumps(result))
     else:

@@ -5,7 +5,7 @@ and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "mask_secrets"]
+__all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "MeasurementError", "mask_secrets"]
 
 
 import re
@@ -13,13 +13,20 @@ import re
 _PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)")
 
 
+#: A secret in a URL's query string: ``?password=...``, ``&token=...`` (libpq, HTTP APIs).
+_SECRET_IN_QUERY = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|token|access_token|api_key|apikey|secret|"
+                              r"client_secret|sslpassword)=)(?P<secret>[^&#\s'\"]+)", re.IGNORECASE)
+
+
 def mask_secrets(text: str) -> str:
-    """``postgresql://user:S3cret@host/db`` -> ``postgresql://user:***@host/db`` wherever it occurs in ``text``.
+    """``postgresql://user:S3cret@host/db`` -> ``postgresql://user:***@host/db`` (and ``?password=S3cret`` ->
+    ``?password=***``) wherever it occurs in ``text``.
 
     Storage and tracking URLs appear in messages, log lines, MLflow tags and study attributes; none of
-    them may show a password.
+    them may show a password or token.
     """
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
+    text = _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***{m['tail']}", str(text))
+    return _SECRET_IN_QUERY.sub(lambda m: f"{m['head']}***", text)
 
 
 class ArchsearchError(Exception):
@@ -50,3 +57,8 @@ class InvalidSample(ArchsearchError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class MeasurementError(ArchsearchError):
+    """A measurement produced no usable number (a NaN: a training that diverged, a timing that failed); it is
+    neither cached nor stored, and a search fails the trial with this message."""

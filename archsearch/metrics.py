@@ -10,11 +10,13 @@ plain numbers with the conditions they were taken under.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _interrupts
-from .errors import ConfigError
+from .errors import ConfigError, MeasurementError
 from .measure.cache import MeasureCache
 from .options import ZERO_COST_NAMES, MeasureOptions
 from .spec import ArchSpec, Resolution, parse_resolution
@@ -58,6 +60,10 @@ class Measurer:
         hit = self.cache.get(key)
         if hit is None:
             hit = compute()
+            nan = [k for k, v in hit.items() if isinstance(v, float) and math.isnan(v)]
+            if nan:  # never cached, never returned as a value
+                raise MeasurementError(f"{json.loads(key).get('metric', 'measurement')}: {', '.join(nan)} came out NaN "
+                                       "(a training that diverged?); nothing was stored")
             self.cache.put(key, hit)
         return hit
 

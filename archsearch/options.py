@@ -24,6 +24,9 @@ __all__ = [
     "ProxyConfig", "ScalingRule", "TrainProxyConfig",
 ]
 
+#: The most intra-op threads a measurement may ask for.
+MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
+
 #: Names of the registries filled where each entry is defined (``measure.flops.COUNTERS``,
 #: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
@@ -66,6 +69,11 @@ class LatencyConfig:
             raise ConfigError("backend", f"{self.backend!r} is not one of: {', '.join(LATENCY_BACKEND_NAMES)}")
         for key, lo in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
             _require(self, lo, key)
+        if self.threads > MAX_THREADS:  # torch segfaults at 100,000; no timing means anything past the cores
+            raise ConfigError("threads", f"must be at most {MAX_THREADS} (4 x this machine's cores, at least 64), "
+                                         f"got {self.threads}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError("time_budget_s", f"must be > 0 (or left out), got {self.time_budget_s}")
         if self.compile and self.backend == "onnxruntime":
             raise ConfigError("compile", "torch.compile does not apply to the onnxruntime backend")
 

@@ -6,6 +6,7 @@ least one of each, none interleaved), and an output stride of 64.
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
@@ -88,24 +89,29 @@ def _fmt(v: float) -> str:
 def export_pareto(study: optuna.Study, out: Path, *, plot: bool = True) -> List[ParetoRow]:
     """Write the front to ``out`` (specs, pareto.csv, pareto.md, pareto.png), replacing any earlier export
     there: no earlier study's ``pareto_trial*.yaml`` stays beside the new ones. Other files are kept."""
-    from ._outputs import prepare_output_dir
+    from ._outputs import md_text, prepare_output_dir, record_outputs, write_atomic
 
     out = prepare_output_dir(out, "pareto", overwrite=True)
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     rows = pareto_rows(study)
+    written: List[str] = []
     header = ["trial", "arch", "resolution", "output_stride", "spec_hash", *names, "fastvithd_like", "dominates_references", "file"]
     table = []
     for r in rows:
         file = f"pareto_trial{r.number:04d}_{r.spec.spec_hash}.yaml"
-        (out / file).write_text(f"# trial {r.number} of {study.study_name}; resolution {r.resolution}\n" + r.spec.to_yaml(), encoding="utf-8")
+        write_atomic(out / file, f"# trial {r.number} of {md_text(study.study_name)}; resolution {r.resolution}\n"
+                     + r.spec.to_yaml())
+        written.append(file)
         table.append([r.number, r.spec.code, r.resolution, r.spec.output_stride, r.spec.spec_hash, *r.values,
                       r.fastvithd_like, ";".join(r.dominates), file])
-    with open(out / "pareto.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(table)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(table)
+    write_atomic(out / "pareto.csv", buf.getvalue())
+    written.append("pareto.csv")
     refs = study.user_attrs.get("references", [])
-    md = [f"# Pareto front of `{study.study_name}`\n",
+    md = [f"# Pareto front of {md_text(study.study_name)}\n",
           f"{len(rows)} Pareto-optimal trials of {len(study.get_trials(states=(TrialState.COMPLETE,)))} complete; "
           f"objectives: " + ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions)) + ".\n",
           "| " + " | ".join(header[:-1]) + " |", "|" + " --- |" * (len(header) - 1)]
@@ -118,9 +124,12 @@ def export_pareto(study: optuna.Study, out: Path, *, plot: bool = True) -> List[
         for r in refs:
             md.append(f"| {r['name']} | {r['resolution']} | " + " | ".join(_fmt(v) for v in r["values"])
                       + f" | {r['feasible']} | {r['in_space']} |")
-    (out / "pareto.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_atomic(out / "pareto.md", "\n".join(md) + "\n")
+    written.append("pareto.md")
     if plot and len(names) >= 2:
         _plot(study, names, rows, refs, out / "pareto.png")
+        written.append("pareto.png")
+    record_outputs(out, "pareto", written)
     return rows
 
 
@@ -144,8 +153,10 @@ def _plot(study: optuna.Study, names: List[str], rows: List[ParetoRow], refs: li
         ax.annotate(r["name"], (r["values"][0], r["values"][1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"{names[0]} ({study.directions[0].name.lower()})")
     ax.set_ylabel(f"{names[1]} ({study.directions[1].name.lower()})")
-    ax.set_title(study.study_name)
+    ax.set_title(" ".join(study.study_name.split())[:80])
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from ._outputs import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .errors import ConfigError
+from ._outputs import md_text, record_outputs, save_figure, write_atomic
 from .pareto import export_pareto
 
 __all__ = ["crossovers", "report_ablation", "report_study"]
@@ -30,16 +31,71 @@ def _plt():
     return plt
 
 
+#: Columns of results.csv that hold numbers (whatever else a row holds is text).
+_NUMERIC = ("resolution", "tokens", "params", "macs", "stride", "latency_ms", "latency_iqr_ms", "latency_p10_ms",
+            "predicted_latency_ms", "ttft_ms", "predicted_ttft_ms", "encoder_ms", "prefill_ms", "naswot", "synflow",
+            "grad_norm", "snip", "train_top1", "train_loss_sum", "train_resolution", "train_steps", "train_seconds")
+
+
+def _number(text: str) -> float | int:
+    v = float(text)
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ValueError(f"{text!r} is not a finite number")
+    return int(v) if v.is_integer() and "." not in text and "e" not in text.lower() else v
+
+
 def _read_rows(directory: Path) -> List[dict]:
-    with open(directory / "results.csv", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
+    """results.csv, checked: every row has a variant and a positive resolution, every number parses; an
+    error names the file, the row (as a spreadsheet counts it, header = 1) and the field."""
+    path = directory / "results.csv"
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise ConfigError("TARGET", f"{path}: no such file (run `archsearch ablate` first)") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError("TARGET", f"{path}: not a readable CSV file ({type(e).__name__})") from None
+    if not rows:
+        raise ConfigError("TARGET", f"{path}: no rows")
+    for n, r in enumerate(rows, start=2):
+        if None in r or any(v is None for v in r.values()):
+            raise ConfigError("TARGET", f"{path}, row {n}: the number of fields does not match the header")
+        for key in ("variant", "resolution"):
+            if not (r.get(key) or "").strip():
+                raise ConfigError("TARGET", f"{path}, row {n}, field {key}: missing")
         for k, v in list(r.items()):
-            try:
-                r[k] = float(v) if "." in v or "e" in v.lower() else int(v)
-            except (ValueError, AttributeError):
-                pass
+            if v == "":
+                continue
+            if k in _NUMERIC:
+                try:
+                    r[k] = _number(v)
+                except ValueError:
+                    raise ConfigError("TARGET", f"{path}, row {n}, field {k}: {v[:40]!r} is not a number") from None
+        if not isinstance(r["resolution"], int) or r["resolution"] < 1:
+            raise ConfigError("TARGET", f"{path}, row {n}, field resolution: {r['resolution']!r} is not a positive integer")
     return rows
+
+
+def _read_meta(directory: Path) -> dict:
+    """ablation.json, checked: a mapping with a name and a list of variants that have names."""
+    path = directory / "ablation.json"
+    if not path.exists():
+        raise ConfigError("TARGET", f"{directory} has no ablation.json (run `archsearch ablate` first)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("TARGET", f"{path}: cannot read it ({type(e).__name__})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError("TARGET", f"{path}: not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise ConfigError("TARGET", f"{path}: expected an object with a 'name'")
+    variants = meta.get("variants")
+    if not isinstance(variants, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in variants):
+        raise ConfigError("TARGET", f"{path}, field variants: expected a list of objects with a 'name'")
+    for key, kind in (("measure", dict), ("metrics", list), ("resolutions", list)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise ConfigError("TARGET", f"{path}, field {key}: expected a{'n object' if kind is dict else ' list'}")
+    return meta
 
 
 def crossovers(rows: List[dict], metric: str) -> List[str]:
@@ -79,7 +135,7 @@ def _line_plot(rows: List[dict], metric: str, ylabel: str, path: Path, *, err: O
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
@@ -106,13 +162,13 @@ def _ttft_plot(rows: List[dict], path: Path) -> bool:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
     return True
 
 
 def _fmt(v) -> str:
-    return f"{v:,.2f}" if isinstance(v, float) else str(v)
+    return f"{v:,.2f}" if isinstance(v, float) else md_text(v)
 
 
 #: Accuracy signals an ablation can carry: (column, what it is, higher is better?).
@@ -153,9 +209,7 @@ def _accuracy_section(rows: List[dict], measure: dict) -> List[str]:
 
 def report_ablation(directory: Path, out: Path) -> Path:
     directory, out = Path(directory), Path(out)
-    if not (directory / "ablation.json").exists():
-        raise ConfigError("TARGET", f"{directory} has no ablation.json (run `archsearch ablate` first)")
-    meta = json.loads((directory / "ablation.json").read_text(encoding="utf-8"))
+    meta = _read_meta(directory)
     rows = _read_rows(directory)
     for r in rows:
         if isinstance(r.get("macs"), (int, float)):
@@ -176,11 +230,11 @@ def report_ablation(directory: Path, out: Path) -> Path:
         plots.append("ttft_breakdown.png")
     cols = [c for c in ("variant", "resolution", "mparams", "tokens", "gmacs", "latency_ms", "latency_iqr_ms", "encoder_ms",
                         "prefill_ms", "ttft_ms") if any(c in r for r in rows)]
-    md = [f"# Ablation `{meta['name']}`\n", meta.get("description", ""), "",
+    md = [f"# Ablation {md_text(meta['name'])}\n", md_text(meta.get("description", "")), "",
           f"Regenerate: `{meta.get('command') or 'archsearch ablate ...'}` then `archsearch report {directory} --out {out}`",
           f"(measured {meta.get('date', '')}, {meta.get('seconds', '?')} s).", "", "## Variants", "",
           "| variant | arch | description |", "| --- | --- | --- |"]
-    md += [f"| {v['name']} | {v['arch']} | {v.get('description', '')} |" for v in meta["variants"]]
+    md += [f"| {md_text(v['name'])} | {md_text(v.get('arch', ''))} | {md_text(v.get('description', ''))} |" for v in meta["variants"]]
     m = meta.get("measure", {})
     lat = m.get("latency", m)
     md += ["", "## Results", "",
@@ -200,7 +254,8 @@ def report_ablation(directory: Path, out: Path) -> Path:
     md += ["", "## Crossovers", ""] + ([f"- {s}" for s in flips] or ["- none within the measured resolutions"])
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(md) + "\n")
+    record_outputs(out, "report", ["report.md", *plots])
     return path
 
 
@@ -225,7 +280,7 @@ def report_study(study: optuna.Study, out: Path) -> Path:
             ax = plot_hypervolume_history(study, ref)
         ax.figure.set_size_inches(6, 4)
         ax.figure.tight_layout()
-        ax.figure.savefig(out / "hypervolume.png", dpi=120)
+        save_figure(ax.figure, out / "hypervolume.png")
         plt.close(ax.figure)
         plots.append("hypervolume.png")
     importance_md = []
@@ -244,11 +299,11 @@ def report_study(study: optuna.Study, out: Path) -> Path:
             axes[0][i].set_title(f"importance for {name}", fontsize=9)
             importance_md.append(f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in top[:5]))
         fig.tight_layout()
-        fig.savefig(out / "importance.png", dpi=120)
+        save_figure(fig, out / "importance.png")
         plt.close(fig)
         plots.append("importance.png")
     states = {s.name.lower(): len(study.get_trials(states=(s,))) for s in TrialState if study.get_trials(states=(s,))}
-    md = [f"# Study `{study.study_name}`\n",
+    md = [f"# Study {md_text(study.study_name)}\n",
           "Trials: " + ", ".join(f"{v} {k}" for k, v in states.items()) + ".",
           "Objectives: " + ", ".join(f"{n} ({d.name.lower()})" for n, d in zip(names, study.directions)) + ".", "",
           f"{len(rows)} Pareto-optimal designs, {sum(r.fastvithd_like for r in rows)} of them FastViTHD-like; "
@@ -256,5 +311,6 @@ def report_study(study: optuna.Study, out: Path) -> Path:
           "## Parameter importance (Optuna's default evaluator)", ""] + (importance_md or ["- too few trials"])
     md += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     path = out / "report.md"
-    path.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_atomic(path, "\n".join(md) + "\n")
+    record_outputs(out, "report", ["report.md", *[p for p in plots if p != "pareto.png"]])
     return path

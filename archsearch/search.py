@@ -69,6 +69,11 @@ def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSamp
 def _storage(cfg: TrialsConfig, url: str) -> optuna.storages.BaseStorage:
     if url == "memory":  # one process, nothing kept: benchmarks and experiments in a notebook
         return optuna.storages.InMemoryStorage()
+    if url.startswith("sqlite") and sqlite_file(url) is None:
+        # Every SQLAlchemy connection to sqlite:// is a database of its own: the heartbeat thread would find
+        # no tables (a 76-line traceback), and nothing would be kept anyway.
+        raise ConfigError("storage", f"{url}: an in-memory SQLite database cannot hold a study that workers and "
+                                     "heartbeats share; use sqlite:///FILE.db, or storage=memory for one process")
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
         # Workers that start together on a fresh database would all create Optuna's tables at once (on
@@ -229,9 +234,9 @@ class SearchResult:
 
     @property
     def failed_only(self) -> bool:
-        """This run failed trials and finished none: the command should not report success."""
-        done = self.states_here.get("COMPLETE", 0) + self.states_here.get("PRUNED", 0)
-        return self.states_here.get("FAIL", 0) > 0 and done == 0
+        """This run ran trials and completed none (failed or pruned: an invalid sample is no result either):
+        the command should not report success."""
+        return sum(self.states_here.values()) > 0 and self.states_here.get("COMPLETE", 0) == 0
 
 
 class SearchRunner:

@@ -2,6 +2,7 @@
 tracking and measurement settings, loaded strictly like the spaces (every error names its key)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -19,6 +20,8 @@ __all__ = [
 ]
 
 DIRECTIONS = ("minimize", "maximize")
+#: The largest study budget accepted (a typo of a few extra digits is refused, not run for a year).
+MAX_TRIALS = 1_000_000
 SAMPLER_NAMES = ("nsga2", "nsga3", "tpe", "random", "gp")
 
 
@@ -55,6 +58,10 @@ class ConstraintConfig:
         metric_of(self.metric, "metric")
         if self.max is None and self.min is None:
             raise ConfigError("max", "give 'max', 'min' or both")
+        for key in ("max", "min"):
+            v = getattr(self, key)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(key, f"must be a finite number, got {v}")
 
 
 @dataclass
@@ -145,8 +152,14 @@ class TrialsConfig:
         names = [o.name for o in self.objectives]
         if len(set(names)) != len(names):
             raise ConfigError("objectives", f"duplicate objective in {names}")
-        if self.n_trials < 1:
-            raise ConfigError("n_trials", f"must be >= 1, got {self.n_trials}")
+        if not 1 <= self.n_trials <= MAX_TRIALS:
+            raise ConfigError("n_trials", f"must be within 1..{MAX_TRIALS}, got {self.n_trials}")
+        if self.timeout_s is not None and not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ConfigError("timeout_s", f"must be a positive number of seconds (or left out), got {self.timeout_s}")
+        if self.max_consecutive_failures < 1:
+            raise ConfigError("max_consecutive_failures", f"must be >= 1, got {self.max_consecutive_failures}")
+        if self.max_retry < 0:
+            raise ConfigError("max_retry", f"must be >= 0, got {self.max_retry}")
         if self.fidelity is not None and self.fidelity.metric not in names:
             raise ConfigError("fidelity.metric", f"{self.fidelity.metric!r} is not one of the objectives {names}")
         if self.heartbeat_s < 1 or self.grace_s <= self.heartbeat_s:

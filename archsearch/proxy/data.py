@@ -85,6 +85,27 @@ class DigitCanvas(Dataset):
         return torch.from_numpy(np.clip(img, -1.0, 2.0)), int(self.labels[k])
 
 
+#: The most pixels an ImageFolder image may declare (PIL's own bomb check warns at 89 M and fails at twice that).
+MAX_IMAGE_PIXELS = 64 << 20
+
+
+def _load_image(path: str):
+    """One image as RGB; a damaged, truncated or oversized file is a one-line ConfigError naming it. The size
+    is checked from the header, before anything is decoded, so a 100000x100000 PNG costs no memory."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ConfigError("data", f"{path}: {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS} an image here may have")
+            return img.convert("RGB")
+    except ConfigError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ConfigError("data", f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+
+
 def image_folder(path: str | Path, resolution: int) -> Dataset:
     """Any ``root/class_name/*.jpg`` tree, resized to ``resolution`` (torchvision's ImageFolder)."""
     from torchvision import datasets, transforms
@@ -93,7 +114,7 @@ def image_folder(path: str | Path, resolution: int) -> Dataset:
         raise ConfigError("data", f"{path}: not a directory of class folders")
     tf = transforms.Compose([transforms.Resize((resolution, resolution)), transforms.ToTensor()])
     try:
-        return datasets.ImageFolder(str(path), transform=tf)
+        return datasets.ImageFolder(str(path), transform=tf, loader=_load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise ConfigError("data", f"{path}: {e}") from None
 
@@ -111,7 +132,8 @@ _FASHION_FILES = {
 _FASHION_MEAN, _FASHION_STD = 0.2860, 0.3530
 #: IDX type codes -> numpy dtypes (big-endian where it matters), from the format's definition.
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IDX_MAX_BYTES = 1 << 31
+#: Fashion-MNIST's largest file holds 47 MB: far more is no data set of ours (or a gzip bomb).
+_IDX_MAX_BYTES = 256 << 20
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -120,15 +142,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     Layout: two zero bytes, a type code, the number of dimensions, each dimension as a big-endian
     uint32, then the data. A file that breaks it is a :class:`ConfigError` naming the file.
     """
-    import gzip
-
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise ConfigError("data_root", f"{path}: damaged gzip file ({e})") from None
+    raw = _read_bounded(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ConfigError("data_root", f"{path}: not an IDX file (bad magic number)")
     dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
@@ -141,6 +156,25 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ConfigError("data_root", f"{path}: header says {shape} of {dtype}, but the file holds "
                                        f"{len(raw) - header} data bytes")
     return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of an IDX file, gunzipped if it is compressed, never more than ``_IDX_MAX_BYTES``: a gzip
+    bomb (23 MB that expand to 5 GB) is refused after reading the limit, with memory to match."""
+    import gzip
+    import zlib
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    opener = gzip.open if head == b"\x1f\x8b" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read(_IDX_MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise ConfigError("data_root", f"{path}: damaged gzip file ({type(e).__name__}: {e})") from None
+    if len(raw) > _IDX_MAX_BYTES:
+        raise ConfigError("data_root", f"{path}: more than {_IDX_MAX_BYTES >> 20} MiB of data (uncompressed); refusing it")
+    return raw
 
 
 def _idx_file(root: Path, name: str) -> Path:

@@ -663,6 +663,23 @@ def write_report(result: dict, out: Path) -> Path:
     return path
 
 
+def _check_study_dir(out: Path) -> None:
+    """``out`` holds this study (resume), or nothing yet; never a file, a system path, or a user's own files."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", f"{out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / SPECS_FILE).exists():
+        present = sorted(p.name for p in out.iterdir())[:3]
+        raise ConfigError("--out", f"{out} holds files that are no fidelity study's ({', '.join(present)}); "
+                                   "choose an empty directory (a study's own directory resumes it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError("--out", f"cannot write in {out}: {e.strerror or type(e).__name__}") from None
+
+
 def run_study(
     plan: FidelityPlan,
     out: Path,
@@ -682,6 +699,7 @@ def run_study(
     """
     out = Path(out)
     if not analyse_only:
+        _check_study_dir(out)
         specs = write_specs(plan, out)
         resolutions = load_resolutions(out)
         units = plan_units(plan, specs, kinds=kinds, resolutions=None if resolutions[0] is None else resolutions)

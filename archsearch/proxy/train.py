@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from .. import _interrupts, _scoped
 from ..build import build_model
+from ..errors import ConfigError
 from ..spec import ArchSpec
 from ..options import TrainProxyConfig
 from .data import load_data
@@ -138,6 +139,11 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    if len(train_set) < cfg.batch_size:  # every batch would be dropped: no step, and a score that means nothing
+        raise ConfigError("batch_size", f"the training data has {len(train_set)} images, fewer than one batch of "
+                                        f"{cfg.batch_size}: no training step can be taken (lower batch_size or add images)")
+    if len(val_set) == 0:
+        raise ConfigError("data", "the validation data is empty")
     g = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
@@ -168,5 +174,7 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             trainer.save_checkpoint(str(tmp))
             tmp.replace(checkpoint)
     final = history[-1]
+    if trainer.global_step < cfg.steps:
+        raise ConfigError("steps", f"training stopped after {trainer.global_step} of {cfg.steps} steps")
     return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss,
                        module.loss_sum, history, time.perf_counter() - start, asdict(cfg), scaled.spec_hash)

@@ -1,0 +1,229 @@
+"""Hardening, round two: newer features under hostile and careless input. Every case ends in one line and exit
+status 2 (or 1 for a run that completed nothing), with nothing stored lost and memory bounded."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+from archsearch.cli import main
+from archsearch.errors import mask_secrets
+
+from .conftest import ROOT
+
+QUICKSTART = str(ROOT / "trials" / "quickstart.yaml")
+Q = [QUICKSTART, "tracking.enabled=false", "enqueue=[]", "objectives=[{name: params}, {name: macs}]",
+     'space_overrides=["resolution=[64]"]']
+
+
+def _fails(capsys, argv, *needles, code: int = 2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+# --- special files and numbers --------------------------------------------------------------------------------
+
+def test_special_files_are_read_with_a_byte_limit_and_never_echoed(capsys):
+    _fails(capsys, ["build", "/dev/zero"], "/dev/zero", "more than")
+    _fails(capsys, ["search", *Q, "space=/dev/zero", "--dry-run"], "/dev/zero")
+    line = _fails(capsys, ["search", *Q, "space=/etc/passwd", "--dry-run"], "/etc/passwd", "expected one of")
+    assert "root:" not in line, "the file is named, its contents are not shown"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("n_trials=" + "9" * 100_000, "n_trials"),
+    ("constraints=[{metric: tokens, max: .nan}]", "constraints[0].max"),
+    ("timeout_s=-5", "timeout_s"),
+    ("max_consecutive_failures=0", "max_consecutive_failures"),
+    ("measure.latency.threads=100000", "measure.latency.threads"),
+    ("n_trials=100000000", "n_trials"),
+])
+def test_numbers_are_checked(capsys, override, needle):
+    _fails(capsys, ["search", *Q, override, "--dry-run"], needle)
+
+
+def test_a_thread_count_past_the_bound_is_refused(capsys):
+    _fails(capsys, ["measure", "fastvit_t8", "-r", "64", "-m", "latency", "--threads", "100000"], "threads", "at most")
+
+
+# --- storage and secrets --------------------------------------------------------------------------------------
+
+def test_in_memory_sqlite_is_refused_for_a_search(capsys, tmp_path):
+    _fails(capsys, ["search", *Q, "--storage", "sqlite://", "n_trials=1"], "in-memory SQLite")
+    _fails(capsys, ["search", *Q, "--storage", "sqlite:///:memory:", "n_trials=1"], "in-memory SQLite")
+
+
+def test_secrets_in_a_query_string_are_masked(capsys):
+    assert mask_secrets("postgresql://u@h/db?sslmode=require&password=S3cret") == "postgresql://u@h/db?sslmode=require&password=***"
+    assert mask_secrets("http://h:5000/?token=abc&x=1") == "http://h:5000/?token=***&x=1"
+    line = _fails(capsys, ["search", *Q, "--storage", "postgresql://u@127.0.0.1:1/db?password=S3cret", "n_trials=1"], "***")
+    assert "S3cret" not in line
+
+
+# --- runs that complete nothing, trainings that cannot train --------------------------------------------------
+
+def test_a_run_that_completed_no_trial_exits_non_zero(tmp_path):
+    # On a CPU machine every latency trial fails; an invalid sample is PRUNED: still nothing completed.
+    args = [*Q, "objectives=[{name: params}, {name: latency_ms}]", "measure.latency.backend=cuda",
+            "--storage", f"sqlite:///{tmp_path}/f.db", "n_trials=4", "max_consecutive_failures=3"]
+    proc = subprocess.run([sys.executable, "-m", "archsearch.cli", "search", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
+    if proc.returncode == 0 and "cuda" not in proc.stderr.lower():
+        pytest.skip("this machine has a CUDA device: the trials do not fail")
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "no trial completed in this run" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _image_folder(root: Path, images: dict) -> Path:
+    for split in ("train", "val"):
+        for cls, files in images.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                (root / split / cls / name).write_bytes(data)
+    return root
+
+
+def _png(w: int, h: int, pixel: bytes = b"\x00\x80") -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + pixel * w for _ in range(min(h, 4)))  # grey+alpha rows (a declared size may lie)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 4, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_training_that_cannot_take_a_step_is_refused(capsys, tmp_path):
+    data = _image_folder(tmp_path / "few", {"a": {"1.png": _png(8, 8)}, "b": {"2.png": _png(8, 8)}})
+    _fails(capsys, ["proxy", "fastvit_t8", "--kind", "train", "--steps", "20", "-r", "32", "--data", str(data), "--json"],
+           "fewer than one batch")
+
+
+@pytest.mark.parametrize("bad, needle", [("truncated", "truncated.png"), ("bomb", "pixels")])
+def test_broken_images_in_an_image_folder(capsys, tmp_path, bad, needle):
+    good = {f"{i}.png": _png(8, 8) for i in range(40)}  # more than one batch of 64 in all
+    broken = {"truncated.png": _png(8, 8)[:40]} if bad == "truncated" else {"bomb.png": _png(100_000, 100_000)}
+    data = _image_folder(tmp_path / "d", {"a": {**good, **broken}, "b": good})
+    _fails(capsys, ["proxy", "fastvit_t8", "--kind", "train", "--steps", "2", "-r", "32", "--data", str(data),
+                    "--width-mult", "0.125", "--max-depth", "1", "--json"], needle)
+
+
+def _idx_header(shape) -> bytes:
+    return bytes([0, 0, 0x08, len(shape)]) + b"".join(struct.pack(">I", d) for d in shape)
+
+
+def test_damaged_and_bomb_idx_files_are_one_line_with_bounded_memory(tmp_path):
+    root = tmp_path / "fm"
+    root.mkdir()
+    (root / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx_header((10, 28, 28)))[:30] + b"garbage" * 50)
+    (root / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_header((10,)) + bytes(10)))
+    with gzip.open(tmp_path / "bomb.gz", "wb", compresslevel=1) as f:  # 23 kB that expand to 1 GiB
+        f.write(_idx_header((1 << 20, 32, 32)))
+        block = bytes(1 << 20)
+        for _ in range(1024):
+            f.write(block)
+    code = f"""
+import resource, sys
+from archsearch.errors import ConfigError
+from archsearch.proxy.data import read_idx
+for path in ({str(root / 'train-images-idx3-ubyte.gz')!r}, {str(tmp_path / 'bomb.gz')!r}):
+    try:
+        read_idx(path)
+    except ConfigError as e:
+        print(str(e).splitlines()[0])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    damaged, bomb, rss_kb = proc.stdout.strip().splitlines()
+    assert "damaged gzip" in damaged and "train-images" in damaged
+    assert "more than 256 MiB" in bomb
+    assert int(rss_kb) < 1_200_000, "memory stays bounded (the bomb expands to 1 GiB)"
+
+
+# --- output directories ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["file", "/proc/self/archsearch-x", "/sys/archsearch-x", "users-dir"])
+def test_proxy_fidelity_out_is_checked(capsys, tmp_path, target):
+    if target == "file":
+        out = tmp_path / "a-file"
+        out.write_text("mine")
+    elif target == "users-dir":
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "report.md").write_text("my report")
+        (out / "fidelity.json").write_text("{}")
+    else:
+        out = Path(target)
+    _fails(capsys, ["proxy-fidelity", str(ROOT / "search_spaces" / "fastvithd.yaml"), "--out", str(out), "-n", "4",
+                    "--holdout", "0", "--kinds", "zero_cost"], "--out")
+    if target == "users-dir":
+        assert (out / "report.md").read_text() == "my report" and (out / "fidelity.json").read_text() == "{}"
+    if target == "file":
+        assert out.read_text() == "mine"
+
+
+def _ablation_dir(tmp_path: Path, meta: str, csv: str) -> Path:
+    d = tmp_path / "abl"
+    d.mkdir()
+    (d / "ablation.json").write_text(meta)
+    (d / "results.csv").write_text(csv)
+    return d
+
+
+GOOD_META = json.dumps({"name": "x", "variants": [{"name": "a", "arch": "R1/s8"}], "measure": {}})
+GOOD_CSV = "variant,arch,resolution,tokens,macs\na,R1/s8,64,16,1000\na,R1/s8,128,64,4000\n"
+
+
+@pytest.mark.parametrize("meta, csv, needles", [
+    (GOOD_META, "variant,arch,resolution,tokens,macs\na,R1/s8,64,16,lots\n", ("results.csv, row 2, field macs",)),
+    (GOOD_META, "variant,arch,resolution,tokens\na,R1/s8,,16\n", ("row 2, field resolution",)),
+    (GOOD_META, "variant,arch,resolution,tokens\na,R1/s8,-64,16\n", ("row 2, field resolution",)),
+    (GOOD_META, "variant,arch,resolution,tokens\na,R1/s8,64,16,99,1\n", ("row 2", "number of fields")),
+    (GOOD_META, "variant,arch,resolution,tokens\n", ("no rows",)),
+    (GOOD_META, "variant,arch,resolution,latency_ms\na,R1/s8,64,nan\n", ("field latency_ms",)),
+    ('{"name": "x", "variants": ', GOOD_CSV, ("ablation.json: not JSON",)),
+    ('{"name": "x", "variants": {"a": 1}}', GOOD_CSV, ("field variants",)),
+    ('["x"]', GOOD_CSV, ("ablation.json",)),
+    ('{"name": "x", "variants": [], "measure": []}', GOOD_CSV, ("field measure",)),
+])
+def test_report_on_hand_edited_results_names_file_row_and_field(capsys, tmp_path, meta, csv, needles):
+    d = _ablation_dir(tmp_path, meta, csv)
+    _fails(capsys, ["report", str(d), "--out", str(d)], *needles)
+
+
+def test_report_on_good_results_still_works(capsys, tmp_path):
+    d = _ablation_dir(tmp_path, GOOD_META, GOOD_CSV)
+    assert main(["report", str(d), "--out", str(d)]) == 0
+    assert (d / "report.md").read_text().startswith("# Ablation x")
+
+
+def test_overwrite_keeps_the_users_own_files_and_names_are_escaped(capsys, tmp_path):
+    db = f"sqlite:///{tmp_path}/s.db"
+    name = "evil\n<b>name</b>"
+    assert main(["search", *Q, "n_trials=3", "--storage", db, f"study_name={json.dumps(name)}"]) == 0
+    out = tmp_path / "p"
+    assert main(["pareto", name, "--storage", db, "--out", str(out)]) == 0
+    written = {p.name for p in out.glob("pareto_trial*.yaml")}
+    assert written
+    mine = out / "pareto_trial9999_mine.yaml"
+    mine.write_text("# my own notes\n")
+    stale = out / sorted(written)[0]
+    assert main(["pareto", name, "--storage", db, "--out", str(out), "--overwrite"]) == 0
+    assert mine.read_text() == "# my own notes\n", "--overwrite removes only what an earlier run wrote"
+    assert stale.exists(), "the same front was written again"
+    md = (out / "pareto.md").read_text()
+    heading = md.splitlines()[0]
+    assert heading == "# Pareto front of evil &lt;b&gt;name&lt;/b&gt;", heading
+    assert "<b>" not in md
