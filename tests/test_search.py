@@ -383,7 +383,7 @@ def test_a_run_that_only_failed_exits_non_zero(tmp_path):
         pytest.skip("this machine has a CUDA device: the trials do not fail")
     assert proc.returncode == 1, (out, err)
     line = [l for l in err.splitlines() if "error:" in l]
-    assert len(line) == 1 and "no trial finished in this run and 2 failed" in line[0]
+    assert len(line) == 1 and "no trial completed in this run (2 fail)" in line[0]
     assert "CUDA" in line[0] or "NVIDIA" in line[0]
     assert "Traceback" not in err
 
