@@ -111,6 +111,11 @@ def _open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> o
             "objectives", mask_secrets(f"study {cfg.study!r} already exists in {url} with directions {have}, not {directions}; "
                                        "use another study_name")
         )
+    done = len(study.get_trials(deepcopy=False))
+    if done and seed is not None:
+        # A resumed study must not replay its seeded sampler (2, then 5, then 8 trials gave 3 distinct specs):
+        # the seed moves on with the study, so each process draws what the earlier ones did not.
+        study = optuna.load_study(study_name=cfg.study, storage=storage, sampler=_sampler(cfg, seed + done))
     names = [o.name for o in cfg.objectives]
     stored = study.user_attrs.get("objectives")
     if stored is not None and stored != names:
@@ -260,6 +265,7 @@ class SearchRunner:
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
         self._check_space()  # before anything runs: a reopened study must be sampled from the same space
+        self._check_conditions()  # ... and measured under the same conditions
         self.lock = _BudgetLock(self.url, cfg.study)
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
@@ -420,9 +426,50 @@ class SearchRunner:
                 f"resolutions {attrs.get('space_resolutions')}; now {self.space.name!r}, {list(self.space.config.resolution)}); "
                 "its trials would not compare: use another study_name"))
 
+    def _conditions(self) -> dict:
+        """Everything that changes what a metric of this study means (not how precisely it is measured:
+        repeats and warm-up may differ): the constraints, the rungs, and the options of each metric family used."""
+        from .metrics import metric_of
+
+        m = self.measurer.options
+        families = {metric_of(n) for n in self._metric_names()}
+        lat = {k: v for k, v in dataclasses.asdict(m.latency).items() if k not in ("warmup", "repeats", "time_budget_s")}
+        place = ("data_root", "accelerator", "devices", "progress_bar")  # where it runs, not what it measures
+        out: dict = {"constraints": [dataclasses.asdict(c) for c in self.cfg.constraints],
+                     "fidelity": dataclasses.asdict(self.cfg.fidelity) if self.cfg.fidelity else None}
+        if families & {"latency", "ttft", "predicted_latency", "predicted_ttft"}:
+            out["measure.latency"] = lat
+        if families & {"ttft", "predicted_ttft"}:
+            out["measure.llm"], out["measure.prompt_tokens"] = m.llm, m.prompt_tokens
+        if "macs" in families:
+            out["measure.counter"] = m.counter
+        if families & {"synflow", "naswot", "grad_norm", "snip"}:
+            out["measure.proxy"] = {k: v for k, v in dataclasses.asdict(m.proxy).items() if k not in place}
+        if families & {"train_top1", "train_loss_sum"}:
+            out["measure.train"] = {k: v for k, v in dataclasses.asdict(m.train).items() if k not in place}
+        return json.loads(json.dumps(out, default=str))
+
+    def _check_conditions(self) -> None:
+        stored = self.study.user_attrs.get("conditions")
+        if stored is None:
+            return
+        mine = self._conditions()
+        for key in sorted(set(stored) | set(mine)):
+            old, new = stored.get(key), mine.get(key)
+            if old == new:
+                continue
+            if isinstance(old, dict) and isinstance(new, dict):
+                sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+                key, old, new = f"{key}.{sub}", old.get(sub), new.get(sub)
+            raise ConfigError(key, f"study {self.cfg.study!r} was measured with {old!r}, this run would use {new!r}: "
+                                   "its trials would not compare on one front; resume with the same settings or use "
+                                   "another study_name")
+
     def _prepare_study(self) -> None:
         attrs = self.study.user_attrs
         identity = self._space_identity()
+        if "conditions" not in attrs:
+            self.study.set_user_attr("conditions", self._conditions())
         if "objectives" not in attrs:
             self.study.set_user_attr("objectives", [o.name for o in self.cfg.objectives])
             self.study.set_user_attr("directions", [o.direction for o in self.cfg.objectives])

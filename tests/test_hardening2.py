@@ -227,3 +227,41 @@ def test_overwrite_keeps_the_users_own_files_and_names_are_escaped(capsys, tmp_p
     heading = md.splitlines()[0]
     assert heading == "# Pareto front of evil &lt;b&gt;name&lt;/b&gt;", heading
     assert "<b>" not in md
+
+
+# --- a study is one set of conditions; resuming never replays it ------------------------------------------------
+
+LAT = [QUICKSTART, "tracking.enabled=false", "enqueue=[]", "objectives=[{name: params}, {name: latency_ms}]",
+       'space_overrides=["resolution=[64]"]', "measure.latency.repeats=2", "measure.latency.warmup=0"]
+
+
+@pytest.mark.parametrize("change, key", [
+    ("measure.latency.threads=2", "measure.latency.threads"),
+    ("measure.latency.channels_last=true", "measure.latency.channels_last"),
+    ("constraints=[{metric: tokens, max: 16}]", "constraints"),
+])
+def test_a_study_resumed_under_other_conditions_is_refused(capsys, tmp_path, change, key):
+    db = f"sqlite:///{tmp_path}/c.db"
+    assert main(["search", *LAT, "measure.latency.threads=1", "n_trials=2", "--storage", db, "-q"]) == 0
+    capsys.readouterr()
+    import optuna
+
+    before = len(optuna.load_study(study_name="quickstart", storage=db).trials)
+    line = _fails(capsys, ["search", *LAT, "measure.latency.threads=1", change, "n_trials=4", "--storage", db], key,
+                  "would not compare")
+    assert "another study_name" in line
+    assert len(optuna.load_study(study_name="quickstart", storage=db).trials) == before, "nothing ran"
+    # Precision is not meaning: more repeats resume the same study.
+    assert main(["search", *LAT, "measure.latency.threads=1", "measure.latency.repeats=3", "n_trials=3", "--storage", db,
+                 "-q"]) == 0
+
+
+def test_resuming_does_not_replay_the_seeded_sampler(tmp_path):
+    import optuna
+
+    db = f"sqlite:///{tmp_path}/r.db"
+    for n in (2, 5, 8):
+        assert main(["search", *Q, f"n_trials={n}", "--storage", db, "-q"]) == 0
+    trials = optuna.load_study(study_name="quickstart", storage=db).trials
+    specs = {(t.user_attrs.get("spec_hash"), t.user_attrs.get("resolution")) for t in trials if "spec_hash" in t.user_attrs}
+    assert len(trials) == 8 and len(specs) >= 7, [t.params for t in trials]
