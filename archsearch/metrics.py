@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -20,6 +21,8 @@ from .errors import ConfigError, MeasurementError
 from .measure.cache import MeasureCache
 from .options import ZERO_COST_NAMES, MeasureOptions
 from .spec import ArchSpec, Resolution, parse_resolution
+
+_log = logging.getLogger("archsearch")
 
 __all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_metrics", "resolve_objective"]
 
@@ -83,7 +86,16 @@ class Measurer:
         cfg = self.options.latency
         key = MeasureCache.key(metric="latency", spec=spec.spec_hash, resolution=hw, device=device_fingerprint(cfg.device),
                                **cfg.cache_key())
-        return Latency.from_dict(self._cached(key, lambda: measure_latency(spec, hw, cfg).to_dict()))
+        hit = self.cache.get(key)
+        if hit is not None:
+            return Latency.from_dict(hit)
+        lat = measure_latency(spec, hw, cfg)
+        if lat.conditions.get("noisy"):  # returned marked, never cached as a good value
+            _log.warning(f"{spec.name or spec.code} at {hw[0]}x{hw[1]}: latency still noisy after {lat.conditions['attempts']} "
+                         f"attempts (CV {lat.stats.cv:.2f} > {cfg.max_cv}): reported as noisy, not cached; the host is busy")
+        else:
+            self.cache.put(key, lat.to_dict())
+        return lat
 
     @property
     def predictor(self):

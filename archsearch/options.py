@@ -63,6 +63,11 @@ class LatencyConfig:
     #: Keep freed heap memory mapped while timing (glibc), so forwards do not pay page faults; see
     #: :mod:`archsearch.measure._heap`. False times the allocator's default behaviour.
     retain_heap: bool = True
+    #: The declared spread: a result whose coefficient of variation exceeds it is measured again (up to
+    #: ``noisy_retries`` more times, the steadiest kept); still above it, it is marked ``noisy`` in its
+    #: conditions and never cached as a good value (a busy host once stored 1524 ms, CV 0.52, for ~300 ms).
+    max_cv: float = 0.25
+    noisy_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.backend not in LATENCY_BACKEND_NAMES:
@@ -72,6 +77,9 @@ class LatencyConfig:
         if self.threads > MAX_THREADS:  # torch segfaults at 100,000; no timing means anything past the cores
             raise ConfigError("threads", f"must be at most {MAX_THREADS} (4 x this machine's cores, at least 64), "
                                          f"got {self.threads}")
+        if not 0 < self.max_cv <= 10:
+            raise ConfigError("max_cv", f"must be within (0, 10], got {self.max_cv}")
+        _require(self, 0, "noisy_retries")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise ConfigError("time_budget_s", f"must be > 0 (or left out), got {self.time_budget_s}")
         if self.compile and self.backend == "onnxruntime":
@@ -84,7 +92,8 @@ class LatencyConfig:
 
     def cache_key(self) -> dict:
         d = asdict(self)
-        d.pop("time_budget_s")
+        for how in ("time_budget_s", "max_cv", "noisy_retries"):  # how long and how often, not what is measured
+            d.pop(how)
         return d
 
 

@@ -433,7 +433,8 @@ class SearchRunner:
 
         m = self.measurer.options
         families = {metric_of(n) for n in self._metric_names()}
-        lat = {k: v for k, v in dataclasses.asdict(m.latency).items() if k not in ("warmup", "repeats", "time_budget_s")}
+        precision = ("warmup", "repeats", "time_budget_s", "max_cv", "noisy_retries")  # how precisely, not what
+        lat = {k: v for k, v in dataclasses.asdict(m.latency).items() if k not in precision}
         place = ("data_root", "accelerator", "devices", "progress_bar")  # where it runs, not what it measures
         out: dict = {"constraints": [dataclasses.asdict(c) for c in self.cfg.constraints],
                      "fidelity": dataclasses.asdict(self.cfg.fidelity) if self.cfg.fidelity else None}

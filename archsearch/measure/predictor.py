@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -337,14 +338,23 @@ class LatencyPredictor:
         for spec, res in pairs:
             raw = self.raw_sum_ms(spec, res, measure_missing=True)
             if self.statistic == "relative":
-                measured = self.measure_relative(spec, res)[1]
+                hw = parse_resolution(res)
+                _, ratio = self._time_vs_probe((deploy_model(spec), _example(spec, hw, self.config)), self.config)
+                measured, cv = ratio.median_ms, ratio.cv
             else:
                 stats = measure_latency(spec, res, self.config).stats
-                measured = stats.p10_ms if self.statistic == "p10" else stats.median_ms
+                measured, cv = (stats.p10_ms if self.statistic == "p10" else stats.median_ms), stats.cv
             ratios.append(measured / raw)
-            rows.append({"spec_hash": spec.spec_hash, "arch": spec.code, "resolution": res, "sum_ms": raw, "measured_ms": measured})
+            rows.append({"spec_hash": spec.spec_hash, "arch": spec.code, "resolution": res, "sum_ms": raw, "measured_ms": measured,
+                         "cv": cv, "noisy": cv > self.config.max_cv})
             if progress:
                 progress(spec.code)
+        noisy = [r["arch"] for r in rows if r.get("noisy")]
+        if noisy:
+            logging.getLogger("archsearch").warning(
+                f"latency predictor fit: {len(noisy)} of {len(rows)} whole models were timed with a spread above "
+                f"{self.config.max_cv} (a busy host): the fit, and every study that freezes it, inherits that noise; "
+                "recalibrate on a quiet machine (a new table: another ARCHSEARCH_CACHE_DIR)")
         if ratios:
             self.scale, self.exponent = _fit_power(rows)
             self.fit = {"scale": self.scale, "exponent": self.exponent, "ratios": ratios, "specs": rows, "statistic": self.statistic}

@@ -43,7 +43,9 @@ def test_sampler_times_on_demand_under_measure_conditions():
         assert torch.get_num_threads() == 1, "the timing environment holds while the sampler is open"
     assert len(first) == 2 and len(second) == 3 and all(t > 0 for t in first + second)
     assert "repeats" not in sampler.conditions
-    expected = {k: v for k, v in measure_latency(TINY, 64, FAST).conditions.items() if k != "repeats"}
+    # A finished measurement adds its count and its spread verdict; the conditions it was taken under are the same.
+    expected = {k: v for k, v in measure_latency(TINY, 64, FAST).conditions.items()
+                if k not in ("repeats", "noisy", "max_cv", "attempts")}
     assert sampler.conditions == expected
 
 
@@ -104,3 +106,38 @@ def test_config_errors(kwargs, key):
     with pytest.raises(ConfigError) as info:
         LatencyConfig(**kwargs)
     assert info.value.key == key
+
+
+def test_a_noisy_measurement_is_retried_marked_and_never_cached(tmp_path, caplog):
+    # A busy process on the same core (busy 3 ms, idle 3 ms) makes every timing noisy.
+    import logging
+    import os
+    import subprocess
+    import sys
+
+    from archsearch.measure.cache import MeasureCache
+    from archsearch.metrics import Measurer
+    from archsearch.options import LatencyConfig, MeasureOptions
+    from archsearch.references import get_reference
+
+    core = sorted(os.sched_getaffinity(0))[0]
+    saved = os.sched_getaffinity(0)
+    busy = subprocess.Popen([sys.executable, "-c", "import os, time\nos.sched_setaffinity(0, {%d})\n"
+                             "while True:\n  t = time.perf_counter()\n  while time.perf_counter() - t < 0.003: pass\n"
+                             "  time.sleep(0.003)\n" % core])
+    try:
+        os.sched_setaffinity(0, {core})
+        cache = MeasureCache(tmp_path / "m.sqlite")
+        cfg = LatencyConfig(threads=1, warmup=1, repeats=15, max_cv=0.02, noisy_retries=1)
+        m = Measurer(MeasureOptions(latency=cfg), cache)
+        spec = get_reference("fastvit_t8").spec
+        with caplog.at_level(logging.WARNING, logger="archsearch"):
+            lat = m.latency(spec, 64)
+        assert lat.conditions["noisy"] and lat.conditions["attempts"] == 2 and lat.stats.cv > 0.02
+        assert len(cache) == 0, "a noisy value is not cached as a good one"
+        assert any("still noisy" in r.getMessage() for r in caplog.records)
+        steady = Measurer(MeasureOptions(latency=LatencyConfig(threads=1, warmup=1, repeats=5, max_cv=10.0)), cache)
+        assert not steady.latency(spec, 64).conditions["noisy"] and len(cache) == 1
+    finally:
+        busy.kill()
+        os.sched_setaffinity(0, saved)
