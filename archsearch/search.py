@@ -300,8 +300,10 @@ class SearchRunner:
         directions = [o.direction for o in self.cfg.objectives]
         field = "val_top1" if f.metric == "train_top1" else "loss_sum"
         rungs: Dict[str, list] = {}
-        with tempfile.TemporaryDirectory(prefix="archsearch-rung-") as tmp:
-            checkpoint = Path(tmp) / "rung.ckpt"
+        # The trial's checkpoint lives with the study (not in $TMPDIR) and goes when the trial ends, whatever
+        # its state; one left by a killed worker is an orphan that the next run on this host removes.
+        checkpoint = self._rung_dir() / f"trial{trial._trial_id}-{os.getpid()}.ckpt"
+        try:
             for i, steps in enumerate(f.rungs):
                 r = self.measurer.training_rung(spec, steps, f.rungs[-1], checkpoint, resolution)
                 values[f.metric] = float(r[field])
@@ -311,15 +313,36 @@ class SearchRunner:
                 trial.set_user_attr("rung_steps", list(f.rungs[: i + 1]))
                 if i == len(f.rungs) - 1:
                     return values
+                # A failed trial (a killed worker's) does not stand in the table: its retry, with the same
+                # values, would otherwise lose the tie to it and nothing would reach the last rung.
                 table = {t.number: t.user_attrs["rungs"][str(i)] for t in trial.study.get_trials(deepcopy=False)
-                         if str(i) in t.user_attrs.get("rungs", {})}
+                         if str(i) in t.user_attrs.get("rungs", {}) and t.state != TrialState.FAIL}
                 table[trial.number] = rungs[str(i)]
                 if not promotes(trial.number, table, directions, f.eta):
                     trial.set_user_attr("stopped_at_rung", i)
                     trial.set_user_attr("metrics", values)
                     raise optuna.TrialPruned(f"stopped at rung {i} ({steps} steps): not in the top 1/{f.eta} of "
                                              f"{len(table)} trials there")
+        finally:
+            for leftover in (checkpoint, *checkpoint.parent.glob(f"{checkpoint.name}.*.tmp")):
+                leftover.unlink(missing_ok=True)
         raise AssertionError("unreachable")
+
+    def _rung_dir(self) -> Path:
+        """This study's rung checkpoints: under the cache directory, one folder per (storage, study)."""
+        from .measure.cache import default_cache_dir
+
+        key = hashlib.sha256(f"{mask_secrets(self.url)}\n{self.cfg.study}".encode()).hexdigest()[:16]
+        path = default_cache_dir() / "rungs" / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _remove_orphan_checkpoints(self) -> None:
+        """Checkpoints of trials whose process is gone (kill -9): nothing will resume from them."""
+        for ckpt in self._rung_dir().glob("trial*-*.ckpt*"):
+            pid = ckpt.name.split("-", 1)[1].split(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+                ckpt.unlink(missing_ok=True)
 
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
@@ -482,6 +505,8 @@ class SearchRunner:
             done = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
             _log.info(f"resuming study {self.cfg.study!r} in {mask_secrets(self.url)}: {done} trials finished before")
         self._freeze_predictor()
+        if self.cfg.fidelity is not None:
+            self._remove_orphan_checkpoints()
         if "references" not in attrs and self.references:
             refs = []
             for spec, res in self.references:

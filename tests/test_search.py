@@ -569,3 +569,40 @@ def test_fail_running_marks_a_running_trial_once(tmp_path):
     assert frozen.state == TrialState.FAIL and frozen.user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
     assert _fail_running(storage, trial._trial_id, "its worker died") is False
     assert storage.get_trial(trial._trial_id).user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
+
+
+def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
+    # The killed trial's rung-0 values must not block its retry, and its checkpoint must not outlive it.
+    path = _experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
+                       extra="fidelity: {metric: train_top1, rungs: [2, 150], eta: 2}")
+    url = f"sqlite:///{tmp_path}/study.db"
+    env_tmp = tmp_path / "tmp"
+    env_tmp.mkdir()
+    args = ["search", str(path), RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]", "grace_s=600"]
+    victim = subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
+                              env={**_env(tmp_path), "TMPDIR": str(env_tmp)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    rung_dir = tmp_path / "cache" / "rungs"
+
+    def in_rung_1() -> bool:  # past rung 0, its checkpoint written, training on to rung 1
+        try:
+            study = optuna.load_study(study_name="t", storage=url)
+        except KeyError:
+            return False
+        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("rungs")]
+        return bool(running) and any(rung_dir.rglob("*.ckpt"))
+
+    _wait_for(in_rung_1, 300, "a trial training its second rung")
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    assert list(rung_dir.rglob("*.ckpt")), "the checkpoint lives under the study's cache, not in $TMPDIR"
+    rerun = subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
+                           env={**_env(tmp_path), "TMPDIR": str(env_tmp)}, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="t", storage=url)
+    from archsearch.pareto import pareto_rows
+
+    front = pareto_rows(study)
+    complete = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert front and {r.number for r in front} <= complete, "a non-empty front of full-budget trials"
+    assert not list((tmp_path / "cache").rglob("*.ckpt*")) and not list(env_tmp.rglob("*.ckpt*")), "no checkpoint left"
