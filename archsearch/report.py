@@ -95,6 +95,9 @@ def _read_meta(directory: Path) -> dict:
     for key, kind in (("measure", dict), ("metrics", list), ("resolutions", list)):
         if key in meta and not isinstance(meta[key], kind):
             raise ConfigError("TARGET", f"{path}, field {key}: expected a{'n object' if kind is dict else ' list'}")
+    for section in ("latency", "proxy", "train"):
+        if section in meta.get("measure", {}) and not isinstance(meta["measure"][section], dict):
+            raise ConfigError("TARGET", f"{path}, field measure.{section}: expected an object")
     return meta
 
 
@@ -141,7 +144,8 @@ def _line_plot(rows: List[dict], metric: str, ylabel: str, path: Path, *, err: O
 
 
 def _ttft_plot(rows: List[dict], path: Path) -> bool:
-    rows = [r for r in rows if r.get("ttft_ms") not in (None, "")]
+    # The breakdown needs both parts as numbers (a hand-edited table may have only the total).
+    rows = [r for r in rows if all(isinstance(r.get(k), (int, float)) for k in ("ttft_ms", "encoder_ms", "prefill_ms"))]
     if not rows:
         return False
     plt = _plt()

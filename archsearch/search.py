@@ -273,6 +273,8 @@ class SearchRunner:
         #: The trial this process's objective is running, and whether an interrupt ended it (see _run).
         self._trial_id: Optional[int] = None
         self._interrupted = False
+        #: Each failed trial's error as this process saw it (the storage may not have taken it).
+        self._errors: Dict[int, str] = {}
         #: Trials this process ended, by state, and the last error among them (for the run's exit status).
         self.states_here: Dict[str, int] = {}
         self.last_error: Optional[str] = None
@@ -383,7 +385,9 @@ class SearchRunner:
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {str(e).strip()[:500]}")
+            error = f"{type(e).__name__}: {str(e).strip()[:500]}"
+            self._errors[trial.number] = error  # kept here too: a full disk may refuse the attribute below
+            trial.set_user_attr("error", error)
             raise
         trial.set_user_attr("metrics", values)
         for c, violation in zip(self.cfg.constraints, self._violations(values)):
@@ -538,7 +542,8 @@ class SearchRunner:
         self._last_state = trial.state  # this process's trial (with many workers the study's last may not be)
         self.states_here[trial.state.name] = self.states_here.get(trial.state.name, 0) + 1
         if trial.state == TrialState.FAIL:
-            reason = trial.user_attrs.get("error", "interrupted or failed outside the measurement")
+            reason = (trial.user_attrs.get("error") or self._errors.pop(trial.number, None)
+                      or "interrupted or failed outside the measurement")
             self.last_error = reason.splitlines()[0]
             self.warn(f"trial {trial.number} failed: {self.last_error}; the study goes on")
         metrics = dict(trial.user_attrs.get("metrics", {}))

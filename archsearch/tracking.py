@@ -40,6 +40,25 @@ def _mlflow_scope():
     return stack
 
 
+#: Database URIs MLflow opens with SQLAlchemy (a server or file store is opened by MLflow itself).
+_DATABASES = ("postgresql", "mysql", "mssql")
+
+
+def _probe(uri: str, timeout_s: int = 5) -> None:
+    """Connect once, with a short timeout, before MLflow does: an unreachable database backend otherwise
+    costs minutes of MLflow's own retries and dozens of warnings before the search goes on without it."""
+    if not uri.startswith(_DATABASES):
+        return
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool, connect_args={"connect_timeout": timeout_s})
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def _flat(prefix: str, value, out: Dict[str, str]) -> None:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -80,6 +99,7 @@ class Tracker:
     @property
     def client(self):
         if self._client is None:
+            _probe(self.config.uri)
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.config.uri)

@@ -265,3 +265,119 @@ def test_resuming_does_not_replay_the_seeded_sampler(tmp_path):
     trials = optuna.load_study(study_name="quickstart", storage=db).trials
     specs = {(t.user_attrs.get("spec_hash"), t.user_attrs.get("resolution")) for t in trials if "spec_hash" in t.user_attrs}
     assert len(trials) == 8 and len(specs) >= 7, [t.params for t in trials]
+
+
+# --- full disks and unreachable trackers -------------------------------------------------------------------------
+
+def test_a_full_cache_is_named_once_and_measuring_goes_on(capsys, tmp_path, monkeypatch):
+    import sqlite3
+
+    from archsearch.measure.cache import MeasureCache
+
+    def full(self, op):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setattr(MeasureCache, "_recovering", full)
+    assert main(["measure", "fastvit_t8", "fastvit_s12", "-r", "64", "-m", "params", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) == 2
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and "measurement cache" in lines[0] and "disk is full" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_a_full_disk_for_outputs_is_one_line_and_leaves_no_cut_file(capsys, tmp_path, monkeypatch):
+    import errno
+
+    db = f"sqlite:///{tmp_path}/s.db"
+    assert main(["search", *Q, "n_trials=2", "--storage", db, "-q"]) == 0
+    capsys.readouterr()
+    real = Path.write_text
+
+    def no_space(self, *a, **k):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    line = _fails(capsys, ["pareto", "quickstart", "--storage", db, "--out", str(tmp_path / "p")], "No space left on device")
+    assert str(tmp_path / "p") in line
+    assert not [p for p in (tmp_path / "p").iterdir() if p.suffix in (".md", ".csv") and p.stat().st_size == 0]
+
+
+def test_an_unreachable_mlflow_database_costs_seconds_and_one_warning(tmp_path):
+    import time
+
+    start = time.monotonic()
+    args = ["search", *Q, "n_trials=2", "tracking.enabled=true", "tracking.uri=postgresql://nobody@127.0.0.1:1/mlflow",
+            "--storage", f"sqlite:///{tmp_path}/m.db", "-q"]
+    proc = subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
+    assert proc.returncode == 0, proc.stderr
+    warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warnings) == 1 and "MLflow tracking" in warnings[0] and "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 90
+
+
+# --- fuzz: data files and report inputs -------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _idx_bytes(draw):
+    """IDX files that are almost right: a real header with lies in it, cut or padded bodies, some gzipped."""
+    ndim = draw(st.integers(0, 4))
+    shape = draw(st.lists(st.integers(0, 1 << 31), min_size=ndim, max_size=ndim))
+    dtype = draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07, 0xFF]))
+    head = bytes([0, draw(st.sampled_from([0, 0, 1])), dtype, ndim]) + b"".join(struct.pack(">I", d) for d in shape)
+    body = draw(st.binary(max_size=512))
+    raw = head[: draw(st.integers(0, len(head)))] + body if draw(st.booleans()) else head + body
+    if draw(st.booleans()):
+        raw = gzip.compress(raw)
+        if draw(st.booleans()):
+            raw = raw[: draw(st.integers(0, len(raw)))]
+    return raw
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=_idx_bytes())
+def test_fuzz_idx_files_read_or_refuse_in_one_line(tmp_path, raw):
+    from archsearch.errors import ConfigError
+    from archsearch.proxy.data import read_idx
+
+    path = tmp_path / "f.idx.gz"
+    path.write_bytes(raw)
+    try:
+        arr = read_idx(path)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+    else:
+        assert arr.size * arr.itemsize <= 512
+
+
+_CSV_CELLS = st.sampled_from(["", "a", "64", "-1", "1e9", "nan", "inf", "1,2", '"x', "0x10", "１２", "\u0000", "ok ok"])
+
+
+_HEADER = ["variant", "arch", "resolution", "tokens", "macs", "latency_ms", "ttft_ms", "naswot"]
+_GOOD_CELLS = st.sampled_from(["a", "b", "64", "128", "1.5", "2e3", "7"])
+
+
+@settings(max_examples=160, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(header=st.one_of(st.just(_HEADER), st.lists(st.sampled_from(_HEADER + ["x"]), min_size=0, max_size=6)),
+       rows=st.one_of(st.lists(st.lists(_GOOD_CELLS, min_size=8, max_size=8), min_size=1, max_size=4),
+                      st.lists(st.lists(st.one_of(_CSV_CELLS, _GOOD_CELLS), min_size=0, max_size=9), max_size=4)),
+       meta=st.sampled_from(['{"name": "x", "variants": [{"name": "a"}]}', '{"name": 1}', "[]", "{", "",
+                             '{"name": "x", "variants": [{"name": "a"}], "measure": {"latency": 3}}',
+                             '{"name": "x", "variants": [{"name": "a"}], "measure": {"proxy": [1], "train": {}}}',
+                             '{"name": "<b>", "variants": [{"name": "a|b", "arch": 3}], "measure": {"latency": {}}}']))
+def test_fuzz_report_inputs_give_a_report_or_one_line(tmp_path_factory, capsys, header, rows, meta):
+    d = tmp_path_factory.mktemp("abl")
+    (d / "ablation.json").write_text(meta)
+    (d / "results.csv").write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    code = main(["report", str(d), "--out", str(d)])
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err
+    if code == 2:
+        assert len([l for l in err.splitlines() if l.strip()]) == 1

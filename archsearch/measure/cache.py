@@ -83,11 +83,22 @@ class MeasureCache:
     def key(**parts: Any) -> str:
         return json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
 
+    def _unusable(self, e: Exception) -> None:
+        """A cache that cannot be read or written (a full disk, a read-only directory) is dropped for this
+        process with one warning naming it: measurements go on, uncached."""
+        _log.warning("measurement cache %s unusable (%s); going on without it", self.path, str(e).splitlines()[0][:120])
+        self.enabled = False
+        self.close()
+
     def get(self, key: str) -> Optional[dict]:
         if not self.enabled:
             return None
-        with self._lock:
-            row = self._recovering(lambda db: db.execute("SELECT value FROM measurements WHERE key = ?", (key,)).fetchone())
+        try:
+            with self._lock:
+                row = self._recovering(lambda db: db.execute("SELECT value FROM measurements WHERE key = ?", (key,)).fetchone())
+        except (sqlite3.OperationalError, OSError) as e:
+            self._unusable(e)
+            return None
         try:
             return json.loads(row[0]) if row else None
         except ValueError:  # a damaged row is a miss: it is measured again and replaced
@@ -100,8 +111,11 @@ class MeasureCache:
             db.execute("INSERT OR REPLACE INTO measurements (key, value) VALUES (?, ?)", (key, json.dumps(value)))
             db.commit()
 
-        with self._lock:
-            self._recovering(op)
+        try:
+            with self._lock:
+                self._recovering(op)
+        except (sqlite3.OperationalError, OSError) as e:
+            self._unusable(e)
 
     def __len__(self) -> int:
         if not self.enabled:
