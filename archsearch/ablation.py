@@ -22,7 +22,7 @@ from omegaconf import MISSING
 from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
 from .metrics import OBJECTIVES, Measurer, parse_metrics
-from .options import MeasureOptions
+from .options import ZERO_COST_NAMES, MeasureOptions
 from .progress import UnitEvent
 from .references import load_spec
 from .space import apply_overrides
@@ -145,6 +145,9 @@ def _flat_row(variant: str, row: dict) -> dict:
     for key in (*OBJECTIVES, "stride"):
         if key in row:
             out[key] = row[key]
+    for name in ZERO_COST_NAMES:
+        if f"{name}_conditions" in row:
+            out["proxy_resolution"] = row[f"{name}_conditions"]["input_side"]
     if "train" in row:
         t = row["train"]
         out.update(train_data=t["data"], train_steps=t["steps"], train_resolution=t["resolution"],

@@ -34,7 +34,8 @@ def _plt():
 #: Columns of results.csv that hold numbers (whatever else a row holds is text).
 _NUMERIC = ("resolution", "tokens", "params", "macs", "stride", "latency_ms", "latency_iqr_ms", "latency_p10_ms",
             "predicted_latency_ms", "ttft_ms", "predicted_ttft_ms", "encoder_ms", "prefill_ms", "naswot", "synflow",
-            "grad_norm", "snip", "train_top1", "train_loss_sum", "train_resolution", "train_steps", "train_seconds")
+            "grad_norm", "snip", "train_top1", "train_loss_sum", "train_resolution", "train_steps", "train_seconds",
+            "proxy_resolution")
 
 
 def _number(text: str) -> float | int:
@@ -182,32 +183,48 @@ _ACCURACY = (("naswot", "naswot at initialisation", True), ("synflow", "synflow 
 
 
 def _accuracy_section(rows: List[dict], measure: dict) -> List[str]:
-    """One row per variant: accuracy signals do not depend on the measured resolution (they are taken on the
-    proxy's scaled copy at its own input side), so they are reported apart from the per-resolution table."""
+    """The accuracy signals: one row per variant where they do not depend on the measured resolution (a
+    fixed input side, as on Fashion-MNIST), else one row per (variant, resolution) with the side trained (a
+    side rule, as on ``glyphs``: the accuracy axis then sees resolution and downsampling)."""
     cols = [(c, what, up) for c, what, up in _ACCURACY if any(c in r for r in rows)]
     if not cols:
         return []
     p, t = measure.get("proxy", {}), measure.get("train", {})
+
+    def side(cfg: dict) -> str:
+        scale = cfg.get("resolution_scale")
+        if scale is None and cfg.get("data") == "glyphs":
+            scale = 0.125  # the data set's rule when the file left it out (archsearch.options.DATA_SIDE_SCALE)
+        return f"{scale} x the resolution" if scale else f"{cfg.get('resolution')} px"
+
     setting = []
     if any(c in ("naswot", "synflow") for c, _, _ in cols):
         setting.append(f"zero-cost proxies on a copy with widths x{p.get('width_mult')}, depth cap {p.get('max_depth')}, "
-                       f"one batch of {p.get('batch_size')} `{p.get('data')}` images at {p.get('resolution')} px (seed {p.get('seed')})")
+                       f"one batch of {p.get('batch_size')} `{md_text(p.get('data'))}` images at {side(p)} (seed {p.get('seed')})")
     if any(c.startswith("train_") for c, _, _ in cols):
         setting.append(f"training of a copy with widths x{t.get('width_mult')}, depth cap {t.get('max_depth')} on "
-                       f"`{t.get('data')}` at {t.get('resolution')} px for {t.get('steps')} steps (batch {t.get('batch_size')}, "
+                       f"`{md_text(t.get('data'))}` at {side(t)} for {t.get('steps')} steps (batch {t.get('batch_size')}, "
                        f"seed {t.get('seed')})")
+    by_variant: Dict[str, set] = {}
+    for r in rows:
+        by_variant.setdefault(r["variant"], set()).add(tuple(r.get(c, "") for c, _, _ in cols))
+    per_resolution = any(len(v) > 1 for v in by_variant.values())
+    head = ["variant", "resolution", "input side"] if per_resolution else ["variant"]
     md = ["", "## Accuracy signals", "",
-          "Per variant (they do not depend on the measured resolution): " + "; ".join(setting) + ". These are the "
-          "signals the fidelity study in `analysis/proxy_fidelity` ranks; read differences smaller than its "
-          "seed-to-seed spread as ties.", "",
-          "| variant | " + " | ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, _, up in cols) + " |",
-          "| --- |" + " ---: |" * len(cols)]
+          ("Per variant and resolution (the input side follows the resolution)" if per_resolution else
+           "Per variant (they do not depend on the measured resolution)") + ": " + "; ".join(setting) + ". Read "
+          "differences smaller than the seed-to-seed spread of the fidelity study on the same data as ties.", "",
+          "| " + " | ".join(head) + " | " + " | ".join(f"{c} ({'higher' if up else 'lower'} is better)" for c, _, up in cols)
+          + " |", "|" + " --- |" * len(head) + " ---: |" * len(cols)]
     seen = set()
     for r in rows:
-        if r["variant"] in seen:
+        key = (r["variant"], r["resolution"]) if per_resolution else r["variant"]
+        if key in seen:
             continue
-        seen.add(r["variant"])
-        md.append(f"| {r['variant']} | " + " | ".join(_fmt(r.get(c, "")) for c, _, _ in cols) + " |")
+        seen.add(key)
+        lead = [md_text(r["variant"])] + ([str(r["resolution"]), _fmt(r.get("train_resolution", r.get("proxy_resolution", "")))]
+                                          if per_resolution else [])
+        md.append("| " + " | ".join(lead) + " | " + " | ".join(_fmt(r.get(c, "")) for c, _, _ in cols) + " |")
     return md
 
 

@@ -106,3 +106,20 @@ def test_report_on_a_study(tmp_path):
     text = path.read_text()
     assert "Pareto-optimal" in text and "hypervolume.png" in text and "importance.png" in text
     assert (tmp_path / "rep" / "pareto.png").exists() and (tmp_path / "rep" / "hypervolume.png").exists()
+
+
+def test_report_gives_accuracy_per_resolution_when_the_side_follows_it(tmp_path):
+    import json
+
+    from archsearch.report import report_ablation
+
+    meta = {"name": "x", "variants": [{"name": "a", "arch": "R1/s8"}],
+            "measure": {"proxy": {"data": "glyphs", "resolution_scale": 0.125, "batch_size": 64}}}
+    (tmp_path / "ablation.json").write_text(json.dumps(meta))
+    (tmp_path / "results.csv").write_text("variant,arch,resolution,tokens,naswot,proxy_resolution\n"
+                                          "a,R1/s8,256,64,637.3,32\na,R1/s8,512,256,727.2,64\n")
+    text = report_ablation(tmp_path, tmp_path).read_text()
+    assert "Per variant and resolution" in text and "0.125 x the resolution" in text
+    assert "| a | 256 | 32 | 637.30 |" in text and "| a | 512 | 64 | 727.20 |" in text
+    (tmp_path / "results.csv").write_text("variant,arch,resolution,tokens,naswot\na,R1/s8,256,64,5.0\na,R1/s8,512,256,5.0\n")
+    assert "| a | 5.00 |" in report_ablation(tmp_path, tmp_path).read_text(), "a fixed side: one row per variant"
