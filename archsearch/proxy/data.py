@@ -140,41 +140,44 @@ def read_idx(path: str | Path) -> np.ndarray:
     """An IDX file (LeCun's MNIST format, plain or gzipped) as a numpy array.
 
     Layout: two zero bytes, a type code, the number of dimensions, each dimension as a big-endian
-    uint32, then the data. A file that breaks it is a :class:`ConfigError` naming the file.
+    uint32, then the data. The header is read first: a body larger than ``_IDX_MAX_BYTES`` is refused
+    before it is read or decompressed (a gzip bomb costs nothing), and the body is read in chunks into one
+    buffer of the declared size. A file that breaks the layout is a :class:`ConfigError` naming the file.
     """
-    path = Path(path)
-    raw = _read_bounded(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ConfigError("data_root", f"{path}: not an IDX file (bad magic number)")
-    dtype, ndim = np.dtype(_IDX_TYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise ConfigError("data_root", f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(shape, dtype=np.int64))
-    if count * dtype.itemsize > _IDX_MAX_BYTES or len(raw) - header != count * dtype.itemsize:
-        raise ConfigError("data_root", f"{path}: header says {shape} of {dtype}, but the file holds "
-                                       f"{len(raw) - header} data bytes")
-    return np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(shape)
-
-
-def _read_bounded(path: Path) -> bytes:
-    """The bytes of an IDX file, gunzipped if it is compressed, never more than ``_IDX_MAX_BYTES``: a gzip
-    bomb (23 MB that expand to 5 GB) is refused after reading the limit, with memory to match."""
     import gzip
     import zlib
 
+    path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(2)
-    opener = gzip.open if head == b"\x1f\x8b" else open
+        gzipped = f.read(2) == b"\x1f\x8b"
     try:
-        with opener(path, "rb") as f:
-            raw = f.read(_IDX_MAX_BYTES + 1)
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_TYPES:
+                raise ConfigError("data_root", f"{path}: not an IDX file (bad magic number)")
+            dtype, ndim = np.dtype(_IDX_TYPES[magic[2]]), magic[3]
+            dims = f.read(4 * ndim)
+            if ndim == 0 or len(dims) < 4 * ndim:
+                raise ConfigError("data_root", f"{path}: truncated IDX header")
+            shape = tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if size > _IDX_MAX_BYTES:
+                raise ConfigError("data_root", f"{path}: its header declares {shape} of {dtype}, more than "
+                                               f"{_IDX_MAX_BYTES >> 20} MiB of data; refusing it")
+            body = bytearray(size)
+            view, got = memoryview(body), 0
+            while got < size:
+                n = f.readinto(view[got: got + (1 << 20)])
+                if not n:
+                    break
+                got += n
+            extra = len(f.read(1))
     except (OSError, EOFError, zlib.error) as e:
         raise ConfigError("data_root", f"{path}: damaged gzip file ({type(e).__name__}: {e})") from None
-    if len(raw) > _IDX_MAX_BYTES:
-        raise ConfigError("data_root", f"{path}: more than {_IDX_MAX_BYTES >> 20} MiB of data (uncompressed); refusing it")
-    return raw
+    if got != size or extra:
+        raise ConfigError("data_root", f"{path}: header says {shape} of {dtype}, but the file holds "
+                                       f"{'fewer' if got < size else 'more'} data bytes")
+    return np.frombuffer(bytes(body), dtype=dtype).reshape(shape)
 
 
 def _idx_file(root: Path, name: str) -> Path:
