@@ -466,7 +466,7 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
 
 
-def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
+def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypatch):
     path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8,
                        extra="")
     cfg = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=1"])
@@ -488,10 +488,16 @@ def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
     parent = _parent_runs(cfg.tracking.uri)[0]
     assert parent.data.params["predictor.table"] == ident["table"]
     assert float(parent.data.params["predictor.scale"]) == pytest.approx(ident["scale"])
-    # Resuming with another table (other thread count: another device table) is refused in one line.
+    # Resuming with another thread count is refused before anything runs (the study's conditions) ...
     other = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=2", "n_trials=10"])
+    with pytest.raises(ConfigError, match="measure.latency.threads"):
+        SearchRunner(other)
+    # ... and under the same options on another device (another table), the frozen predictor refuses it.
+    import archsearch.measure.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "device_fingerprint", lambda device="cpu": "cpu-another-machine")
     with pytest.raises(ConfigError, match="priced its trials with latency table"):
-        SearchRunner(other).run()
+        SearchRunner(load_trials(path, ["measure.predictor_fit=3", "n_trials=10"])).run()
 
 
 RUNG_TRAIN = ("measure.train={data: digits, resolution: 32, max_depth: 1, width_mult: 1.0, batch_size: 16, "
