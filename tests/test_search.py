@@ -202,7 +202,7 @@ def test_bad_experiment_files(tmp_path):
         (text.replace("name: macs", "name: beauty"), "objectives[0].name: 'beauty' is not one of"),
         (text.replace("direction: minimize", "direction: down"), "objectives[0].direction: 'down'"),
         (text.replace("name: nsga2", "name: annealing"), "sampler.name: 'annealing'"),
-        (text.replace("n_trials: 8", "n_trials: 0"), "n_trials: must be >= 1"),
+        (text.replace("n_trials: 8", "n_trials: 0"), "n_trials: must be within 1.."),
         (text + "budget: 3\n", "budget: unknown key"),
         (text.replace("metric: tokens, max: 64", "metric: tokens"), "constraints[0].max: give 'max', 'min'"),
         (text.replace("space: space.yaml", "space: nowhere.yaml"), "nowhere.yaml: no such file"),
@@ -466,7 +466,7 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.FAIL))
 
 
-def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
+def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypatch):
     path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8,
                        extra="")
     cfg = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=1"])
@@ -488,10 +488,16 @@ def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path):
     parent = _parent_runs(cfg.tracking.uri)[0]
     assert parent.data.params["predictor.table"] == ident["table"]
     assert float(parent.data.params["predictor.scale"]) == pytest.approx(ident["scale"])
-    # Resuming with another table (other thread count: another device table) is refused in one line.
+    # Resuming with another thread count is refused before anything runs (the study's conditions) ...
     other = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=2", "n_trials=10"])
+    with pytest.raises(ConfigError, match="measure.latency.threads"):
+        SearchRunner(other)
+    # ... and under the same options on another device (another table), the frozen predictor refuses it.
+    import archsearch.measure.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "device_fingerprint", lambda device="cpu": "cpu-another-machine")
     with pytest.raises(ConfigError, match="priced its trials with latency table"):
-        SearchRunner(other).run()
+        SearchRunner(load_trials(path, ["measure.predictor_fit=3", "n_trials=10"])).run()
 
 
 RUNG_TRAIN = ("measure.train={data: digits, resolution: 32, max_depth: 1, width_mult: 1.0, batch_size: 16, "
@@ -554,21 +560,6 @@ def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgr
             continue
         full = len(t.user_attrs["rungs"]) == 3
         assert full == (t.state == TrialState.COMPLETE) == ("stopped_at_rung" not in t.user_attrs)
-
-
-def test_fail_running_marks_a_running_trial_once(tmp_path):
-    # The one path that fails a trial a worker left RUNNING (its process died, or an interrupt came while
-    # Optuna could not record the end): the reason is kept, and a finished trial is left as it is.
-    from archsearch.search import _fail_running
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=["minimize"])
-    trial = study.ask()
-    storage = study._storage
-    assert _fail_running(storage, trial._trial_id, "interrupted (SIGINT or SIGTERM)") is True
-    frozen = storage.get_trial(trial._trial_id)
-    assert frozen.state == TrialState.FAIL and frozen.user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
-    assert _fail_running(storage, trial._trial_id, "its worker died") is False
-    assert storage.get_trial(trial._trial_id).user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
 
 
 def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
