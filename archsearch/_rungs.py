@@ -1,5 +1,6 @@
-"""The promotion rule of a multi-fidelity multi-objective search (asynchronous successive halving whose
-ranking is non-dominated sorting, as in Syne Tune's MOASHA).
+"""The rung schedule of a multi-fidelity multi-objective search: its promotion rule (asynchronous successive
+halving whose ranking is non-dominated sorting, as in Syne Tune's MOASHA) and a trial's training rung by rung
+(:func:`train_in_rungs`, with its checkpoints under the study's cache folder).
 
 A trial that finished rung ``r`` continues to rung ``r + 1`` only if it is among the top ``max(1, n // eta)``
 of the ``n`` trials finished at rung ``r`` so far (itself included), ranked by non-dominated sorting over the
@@ -8,14 +9,15 @@ first: the front's extremes and sparse regions go on), then by trial number (ear
 is made at once: a worker never waits for a rung to fill (the "stopping" variant of ASHA), so the first
 trial at a rung always continues and later ones must beat the rung's standing.
 
-Pure functions of a rung table, so that every worker decides alike from the same stored values.
+The rule is pure functions of a rung table, so that every worker decides alike from the same stored values.
 """
 from __future__ import annotations
 
 import math
 from typing import Dict, Hashable, List, Mapping, Sequence
 
-__all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank"]
+__all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank", "remove_orphan_checkpoints", "rung_dir", "summary",
+           "train_in_rungs"]
 
 
 def _points(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> Dict[Hashable, tuple]:
@@ -108,3 +110,76 @@ def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
     return {"rungs": list(rungs), "stopped_at": stopped, "full_budget": full, "trials": n,
             "steps_trained": trained, "steps_if_all_full": budget,
             "saved_fraction": round(1 - trained / budget, 3) if budget else 0.0}
+
+
+# --- a trial's training, rung by rung --------------------------------------------------------------------------
+
+#: Trial attribute keys a multi-fidelity trial writes (read by the summary, the report and the display).
+ATTR_RUNGS, ATTR_RUNG_STEPS, ATTR_STOPPED_AT = "rungs", "rung_steps", "stopped_at_rung"
+
+
+def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: int, values: dict, checkpoint_dir) -> dict:
+    """Train ``spec`` rung by rung while the trial stays in the top 1/eta of its rung (:func:`promotes`) and
+    return ``values`` with the fidelity metric at the last rung; a trial stopped at a rung ends PRUNED with
+    its rung values. ``values`` holds the cheap objectives, measured before.
+
+    The trial's checkpoint lives in ``checkpoint_dir`` (the study's, never ``$TMPDIR``) and goes when the
+    trial ends, whatever its state; one left by a killed worker is removed by the next run on this host
+    (:func:`remove_orphan_checkpoints`)."""
+    import os
+
+    import optuna
+    from optuna.trial import TrialState
+
+    names = [o.name for o in objectives]
+    directions = [o.direction for o in objectives]
+    field = "val_top1" if fidelity.metric == "train_top1" else "loss_sum"
+    rungs: Dict[str, list] = {}
+    checkpoint = checkpoint_dir / f"trial{trial._trial_id}-{os.getpid()}.ckpt"  # _trial_id: unique across retries
+    try:
+        for i, steps in enumerate(fidelity.rungs):
+            r = measurer.training_rung(spec, steps, fidelity.rungs[-1], checkpoint, resolution)
+            values[fidelity.metric] = float(r[field])
+            rungs[str(i)] = [values[n] for n in names]
+            # Stored before deciding, so that the other workers rank against it at once.
+            trial.set_user_attr(ATTR_RUNGS, dict(rungs))
+            trial.set_user_attr(ATTR_RUNG_STEPS, list(fidelity.rungs[: i + 1]))
+            if i == len(fidelity.rungs) - 1:
+                return values
+            # A failed trial (a killed worker's) does not stand in the table: its retry, with the same
+            # values, would otherwise lose the tie to it and nothing would reach the last rung.
+            table = {t.number: t.user_attrs[ATTR_RUNGS][str(i)] for t in trial.study.get_trials(deepcopy=False)
+                     if str(i) in t.user_attrs.get(ATTR_RUNGS, {}) and t.state != TrialState.FAIL}
+            table[trial.number] = rungs[str(i)]
+            if not promotes(trial.number, table, directions, fidelity.eta):
+                trial.set_user_attr(ATTR_STOPPED_AT, i)
+                trial.set_user_attr("metrics", values)
+                raise optuna.TrialPruned(f"stopped at rung {i} ({steps} steps): not in the top 1/{fidelity.eta} of "
+                                         f"{len(table)} trials there")
+    finally:
+        for leftover in (checkpoint, *checkpoint.parent.glob(f"{checkpoint.name}.*.tmp")):
+            leftover.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
+
+
+def rung_dir(url: str, study_name: str):
+    """A study's rung checkpoints: under the cache directory, one folder per (storage, study)."""
+    import hashlib
+
+    from .errors import mask_secrets
+    from .measure.cache import default_cache_dir
+
+    key = hashlib.sha256(f"{mask_secrets(url)}\n{study_name}".encode()).hexdigest()[:16]
+    path = default_cache_dir() / "rungs" / key
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_orphan_checkpoints(directory) -> None:
+    """Checkpoints of trials whose process is gone (kill -9): nothing will resume from them."""
+    import os
+
+    for ckpt in directory.glob("trial*-*.ckpt*"):
+        pid = ckpt.name.split("-", 1)[1].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+            ckpt.unlink(missing_ok=True)

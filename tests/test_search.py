@@ -562,21 +562,6 @@ def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgr
         assert full == (t.state == TrialState.COMPLETE) == ("stopped_at_rung" not in t.user_attrs)
 
 
-def test_fail_running_marks_a_running_trial_once(tmp_path):
-    # The one path that fails a trial a worker left RUNNING (its process died, or an interrupt came while
-    # Optuna could not record the end): the reason is kept, and a finished trial is left as it is.
-    from archsearch.search import _fail_running
-
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", directions=["minimize"])
-    trial = study.ask()
-    storage = study._storage
-    assert _fail_running(storage, trial._trial_id, "interrupted (SIGINT or SIGTERM)") is True
-    frozen = storage.get_trial(trial._trial_id)
-    assert frozen.state == TrialState.FAIL and frozen.user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
-    assert _fail_running(storage, trial._trial_id, "its worker died") is False
-    assert storage.get_trial(trial._trial_id).user_attrs["error"] == "interrupted (SIGINT or SIGTERM)"
-
-
 def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
     # The killed trial's rung-0 values must not block its retry, and its checkpoint must not outlive it.
     path = _experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
