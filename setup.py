@@ -34,6 +34,6 @@ setup(
         "onnxruntime>=1.17",
         "psycopg[binary]>=3.1",  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2"]},
+    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2", "ruff>=0.5"]},
     entry_points={"console_scripts": ["archsearch=archsearch.cli:entry"]},
 )

@@ -178,7 +178,7 @@ def run_ablation(
     metrics = parse_metrics(cfg.metrics)
     measurer = Measurer(cfg.measure)
     if "ttft" in metrics:
-        measurer.llm  # a bad LLM name fails before any measurement
+        _ = measurer.llm  # a bad LLM name fails before any measurement
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(cfg.tracking, warn)

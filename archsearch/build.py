@@ -52,7 +52,7 @@ NORM_LAYER_REGISTRY: Dict[str, Callable[..., nn.Module]] = {
 
 #: Positional encodings by ``StageSpec.pos_enc``: a factory of the layer timm's stage expects, or None.
 POS_ENC_REGISTRY: Dict[str, Callable[[StageSpec], Optional[Callable[..., nn.Module]]]] = {
-    "none": lambda stage: None,
+    "none": lambda _stage: None,
     "cpe": lambda stage: partial(RepConditionalPosEnc, spatial_shape=(stage.cpe_kernel, stage.cpe_kernel)),
 }
 

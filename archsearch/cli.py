@@ -287,7 +287,7 @@ def _measure(args: argparse.Namespace) -> int:
     options = measure_options(args)
     measurer = Measurer(options, MeasureCache(enabled=not args.no_cache))
     if "ttft" in metrics:
-        measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
+        _ = measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
     rows = []
     with _progress() as progress:
         task = progress.add_task("measuring", total=len(specs) * len(resolutions))

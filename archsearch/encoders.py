@@ -98,7 +98,7 @@ class TimmEncoder:
                 model = timm.create_model(self.model, **kwargs)
         return _Features(model).eval()
 
-    @functools.lru_cache(maxsize=64)
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - frozen, hashable instances; a few references per process
     def _shape(self, hw: tuple) -> tuple:
         """(feature shape, token grid, params) from a meta-device build and forward."""
         import torch

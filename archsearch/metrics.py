@@ -217,7 +217,7 @@ def _macs(m: Measurer, spec: ArchSpec, hw) -> dict:
 
 
 @_metric("tokens", "visual tokens (output grid) the encoder hands to the LLM", tokens="minimize")
-def _tokens(m: Measurer, spec: ArchSpec, hw) -> dict:
+def _tokens(_m: Measurer, spec: ArchSpec, hw) -> dict:
     grid = list(spec.grid(hw))
     # A reference encoder's stride is what its grid gives (14 for a ViT/14, 32 for a ConvNeXt).
     return {"tokens": spec.visual_tokens(hw), "grid": grid, "stride": spec.output_stride or round(hw[0] / grid[0])}

@@ -326,7 +326,7 @@ class SearchRunner:
     def _fail_interrupted_trial(self) -> None:
         try:
             fail_running(self.study._storage, self._trial_id, "interrupted (SIGINT or SIGTERM)")
-        except Exception as e:  # the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)
+        except Exception as e:  # noqa: BLE001 - the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)
             self.warn(f"could not mark the interrupted trial failed ({type(e).__name__}); a rerun will, after grace_s")
 
     # --- the end of a run ---------------------------------------------------------------------------

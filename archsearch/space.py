@@ -168,7 +168,7 @@ class SpaceConfig:
         return reach
 
     def _check_fixed(self) -> None:
-        for key, value in self.fixed.items():
+        for key in self.fixed:
             if key not in _GLOBAL_FIELDS:
                 raise ConfigError(f"fixed.{key}", f"unknown key; expected one of: {', '.join(_GLOBAL_FIELDS)}")
         # Let ArchSpec check types and values: one place for every rule about a spec.

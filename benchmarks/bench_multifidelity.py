@@ -67,7 +67,7 @@ def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: f
         if (lut / "latency_lut").exists():
             shutil.copytree(lut / "latency_lut", Path(cache) / "latency_lut")
         t0 = time.perf_counter()
-        runner = SearchRunner(cfg, warn=lambda m: None)
+        runner = SearchRunner(cfg, warn=lambda _m: None)
         result = runner.finish(runner.run())
         wall = time.perf_counter() - t0
         front = pareto_rows(result.study)

@@ -183,7 +183,7 @@ def _report(data: dict, name: str) -> None:
                   + f"{spread('measured_ms')}. No predictor can agree with the measurement better than the measurement "
                   f"agrees with itself.\n")
     md += [
-        f"| arch | res | predicted ms | measured ms | error |" + (" probe ms (per-model) |" if relative else ""),
+        "| arch | res | predicted ms | measured ms | error |" + (" probe ms (per-model) |" if relative else ""),
         "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if relative else ""),
     ]
     for r in rows:

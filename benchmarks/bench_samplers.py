@@ -44,7 +44,7 @@ def main() -> None:
                 f"sampler.name={sampler}", f"sampler.seed={seed}", f"n_trials={args.trials}", "enqueue=[]",
             ])
             t0 = time.perf_counter()
-            study = SearchRunner(cfg, warn=lambda m: None).run().study
+            study = SearchRunner(cfg, warn=lambda _m: None).run().study
             done = study.get_trials(states=(TrialState.COMPLETE,))
             feasible = [t for t in done if t.user_attrs["metrics"]["tokens"] <= 64]
             runs[(sampler, seed)] = {"values": [t.values for t in (feasible or done)], "n_complete": len(done),

@@ -57,7 +57,7 @@ _CATEGORY = {
 }
 
 
-def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:
+def _cpu_sdpa_flops(query, key, value, *args, out_val=None, **kwargs) -> int:  # noqa: ARG001 - torch.utils.flop_counter calls formulas with these names
     return sdpa_flop_count(query.shape, key.shape, value.shape)
 
 

@@ -89,7 +89,7 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             self.loss_sum = 0.0
             self._val: List[tuple] = []
 
-        def on_train_batch_start(self, batch, batch_idx) -> None:
+        def on_train_batch_start(self, _batch, _batch_idx) -> None:
             _interrupts.check()  # a safe point every step (see archsearch._interrupts)
 
         def training_step(self, batch, _):

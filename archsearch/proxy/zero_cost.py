@@ -58,7 +58,7 @@ def proxy_batch(cfg: ProxyConfig, in_chans: int = 3) -> tuple[torch.Tensor, torc
     return x, y
 
 
-def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def synflow(model: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> float:
     model = model.double().eval()
     with torch.no_grad():
         signs = {}
@@ -77,12 +77,12 @@ def synflow(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(score)
 
 
-def naswot(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def naswot(model: nn.Module, x: torch.Tensor, _y: torch.Tensor) -> float:
     model = model.eval()
     n = x.shape[0]
     kernel = torch.zeros(n, n, dtype=torch.float64)
 
-    def hook(module: nn.Module, inputs, output) -> None:
+    def hook(_module: nn.Module, inputs, _output) -> None:
         codes = (inputs[0].detach().reshape(n, -1) > 0).double()
         kernel.add_(codes @ codes.T + (1 - codes) @ (1 - codes).T)
 
