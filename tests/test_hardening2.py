@@ -381,3 +381,35 @@ def test_fuzz_report_inputs_give_a_report_or_one_line(tmp_path_factory, capsys, 
     assert code in (0, 2) and "Traceback" not in err
     if code == 2:
         assert len([l for l in err.splitlines() if l.strip()]) == 1
+
+
+def test_a_nan_result_is_never_cached_or_stored(tmp_path):
+    from archsearch.errors import MeasurementError
+    from archsearch.measure.cache import MeasureCache
+    from archsearch.metrics import Measurer
+
+    cache = MeasureCache(tmp_path / "m.sqlite")
+    m = Measurer(cache=cache)
+    with pytest.raises(MeasurementError, match="loss_sum came out NaN"):
+        m._cached(MeasureCache.key(metric="train", spec="x"), lambda: {"val_top1": 0.1, "loss_sum": float("nan")})
+    assert len(cache) == 0
+
+
+_IMAGE_HEADS = st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"GIF89a", b"BM", b""])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=_IMAGE_HEADS, body=st.binary(max_size=2048), cut=st.integers(0, 4000), size=st.sampled_from([8, 100_000]))
+def test_fuzz_images_load_or_refuse_in_one_line(tmp_path, head, body, cut, size):
+    from archsearch.errors import ConfigError
+    from archsearch.proxy.data import _load_image
+
+    raw = (_png(size, size) if head == b"\x89PNG\r\n\x1a\n" and not body else head + body)[:cut or None]
+    path = tmp_path / "x.img"
+    path.write_bytes(raw)
+    try:
+        img = _load_image(str(path))
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+    else:
+        assert img.size[0] * img.size[1] <= 64 << 20
