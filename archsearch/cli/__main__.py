@@ -1,0 +1,4 @@
+"""``python -m archsearch.cli``: the executable."""
+from . import entry
+
+entry()

@@ -1,0 +1,280 @@
+"""Commands that measure: measure, calibrate, proxy."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import List
+
+from rich.table import Table
+
+from ..errors import ConfigError
+
+from ._app import (_accept_overrides, _command, _default, _out, _progress,
+                   _resolutions)
+
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
+
+    g = p.add_argument_group("latency (defaults: archsearch.options.LatencyConfig)")
+    g.add_argument("--backend", default=None,
+                   help=f"{' | '.join(LATENCY_BACKEND_NAMES)} (default {_default(LatencyConfig, 'backend')})")
+    g.add_argument("--threads", type=int, default=None, help=f"intra-op threads (default {_default(LatencyConfig, 'threads')})")
+    g.add_argument("--warmup", type=int, default=None, help=f"default {_default(LatencyConfig, 'warmup')}")
+    g.add_argument("--repeats", type=int, default=None, help=f"default {_default(LatencyConfig, 'repeats')}")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model before timing")
+    g.add_argument("--default-heap", action="store_true",
+                   help="time with the allocator's default behaviour (freed memory returned to the kernel, so "
+                        "forwards pay page faults) instead of a retained heap")
+
+
+def _latency_config(args: argparse.Namespace, base=None):
+    """``base`` (default: LatencyConfig()) with the latency options given on the command line."""
+    import dataclasses
+
+    from ..options import LatencyConfig
+
+    given = {k: getattr(args, k) for k in ("backend", "threads", "warmup", "repeats") if getattr(args, k) is not None}
+    given.update({k: True for k in ("channels_last", "compile") if getattr(args, k)})
+    if args.default_heap:
+        given["retain_heap"] = False
+    return dataclasses.replace(base or LatencyConfig(), **given)
+
+
+def _metric_names() -> List[str]:
+    from ..metrics import METRICS
+
+    return list(METRICS)
+
+
+def measure_options(args: argparse.Namespace):
+    """MeasureOptions from its defaults, then KEY=VALUE overrides, then the named command-line options."""
+    import dataclasses
+
+    from .._config import from_data
+    from ..options import MeasureOptions
+    from ..space import apply_overrides
+
+    # The experiment files' spelling is accepted too: measure.train.data=glyphs is train.data=glyphs.
+    overrides = [o[len("measure."):] if o.startswith("measure.") else o for o in getattr(args, "overrides", []) or []]
+    data = apply_overrides({}, overrides, source="KEY=VALUE")
+    options = from_data(MeasureOptions, data or {})
+    given = {k: getattr(args, k) for k in ("counter", "llm", "prompt_tokens") if getattr(args, k, None) is not None}
+    options = dataclasses.replace(options, latency=_latency_config(args, options.latency), **given)
+    if getattr(args, "data_root", None):
+        options = dataclasses.replace(options, train=dataclasses.replace(options.train, data_root=args.data_root),
+                                      proxy=dataclasses.replace(options.proxy, data_root=args.data_root))
+    return options
+
+
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="reference names or spec YAML paths")
+    p.add_argument("--resolution", "-r", default="1024", help="comma-separated sides or HxW (default 1024)")
+    p.add_argument("--metrics", "-m", default="params,macs,tokens",
+                   help="comma-separated metrics of the registry: " + ", ".join(_metric_names()))
+    from ..options import COUNTER_NAMES, MeasureOptions
+
+    p.add_argument("--counter", default=None,
+                   help=f"MAC counter: {' | '.join(COUNTER_NAMES)} (default {_default(MeasureOptions, 'counter')})")
+    p.add_argument("--llm", default=None, help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML "
+                                               f"(default {_default(MeasureOptions, 'llm')})")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="text tokens prefilled with the visual tokens "
+                                                                   f"(default {_default(MeasureOptions, 'prompt_tokens')})")
+    p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory for the accuracy metrics")
+    p.add_argument("--vs", metavar="SPEC", help="also time each spec interleaved with this one: latency ratio")
+    p.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
+    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    _latency_args(p)
+    _accept_overrides(p, "the measurement options (archsearch.options.MeasureOptions)")
+    p.epilog = ("KEY=VALUE: overrides of the measurement options, as in an experiment file's measure: section, "
+                "e.g. train.steps=100 train.data=fashion-mnist-canvas proxy.seed=1 latency.repeats=5")
+
+
+@_command("measure", "measure params, MACs, tokens, latency, predicted latency and TTFT", _measure_args)
+def _measure(args: argparse.Namespace) -> int:
+    from ..measure import MeasureCache, compare_latency
+    from ..metrics import Measurer, parse_metrics
+    from ..references import load_spec
+
+    metrics = parse_metrics(args.metrics)
+    specs = [load_spec(s) for s in args.specs]
+    vs = load_spec(args.vs) if args.vs else None
+    resolutions = _resolutions(args.resolution)
+    options = measure_options(args)
+    measurer = Measurer(options, MeasureCache(enabled=not args.no_cache))
+    if "ttft" in metrics:
+        _ = measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
+    rows = []
+    with _progress() as progress:
+        task = progress.add_task("measuring", total=len(specs) * len(resolutions))
+        for spec in specs:
+            for res in resolutions:
+                progress.update(task, description=f"{spec.name or spec.code} @ {res[0]}x{res[1]}")
+                row = measurer.measure(spec, res, metrics)
+                if vs is not None:
+                    cmp = compare_latency(spec, vs, res, options.latency)
+                    row["latency_ratio_vs"] = {
+                        "vs": vs.name or vs.spec_hash, "median": cmp.ratio.median_ms, "iqr": cmp.ratio.iqr_ms,
+                        "a_median_ms": cmp.a.median_ms, "b_median_ms": cmp.b.median_ms, **cmp.conditions,
+                    }
+                rows.append(row)
+                progress.advance(task)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    _print_measure_table(rows, metrics, vs is not None)
+    return 0
+
+
+def _ms_iqr(lat: dict) -> str:
+    return f"{lat['median_ms']:.1f} ({lat['iqr_ms']:.1f})"
+
+
+def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> None:
+    columns = [("spec", lambda r: r["spec"]), ("res", lambda r: str(r["resolution"]))]
+    if "params" in metrics:
+        columns.append(("params (M)", lambda r: f"{r['params'] / 1e6:.2f}"))
+    if "macs" in metrics:
+        columns.append(("GMACs", lambda r: f"{r['gmacs']:.2f}"))
+    if "tokens" in metrics:
+        columns += [("stride", lambda r: str(r["stride"])), ("tokens", lambda r: str(r["tokens"]))]
+    if "latency" in metrics or "ttft" in metrics:
+        key = "latency" if "latency" in metrics else None
+        columns.append(("latency ms (IQR)", lambda r: _ms_iqr(r["latency"] if key else r["ttft"]["encoder"])))
+    if "predicted_latency" in metrics:
+        columns.append(("predicted ms", lambda r: f"{r['predicted_latency_ms']:.1f}"))
+    if "ttft" in metrics:
+        columns += [
+            ("prefill ms", lambda r: f"{r['ttft']['prefill_ms']:.0f}"),
+            ("TTFT ms", lambda r: f"{r['ttft_ms']:.0f}"),
+        ]
+    from ..metrics import METRICS
+
+    shown = {"params", "macs", "tokens", "latency", "ttft", "predicted_latency"}
+    for name in metrics:
+        if name not in shown:
+            for key in METRICS[name].objectives:
+                columns.append((key, lambda r, key=key: f"{r[key]:.4g}"))
+    if ratio:
+        columns.append(("latency / vs (IQR)", lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
+    table = Table()
+    for name, _ in columns:
+        table.add_column(name, no_wrap=True)
+    for row in rows:
+        table.add_row(*(fn(row) for _, fn in columns))
+    _out.print(table)
+    lat = next((r.get("latency") or r.get("ttft", {}).get("encoder") for r in rows if "latency" in r or "ttft" in r), None)
+    if lat:
+        _out.print(
+            f"latency: {lat['backend']}, {lat['threads']} threads, median of {lat['repeats']} after {lat['warmup']} warm-up, "
+            f"reparameterized, denormals flushed, batch {lat['batch']}, heap {lat['heap']}"
+        )
+    if "ttft" in metrics and rows:
+        t = rows[0]["ttft"]
+        _out.print(f"TTFT: encoder + {t['llm']} prefill of visual + {t['prompt_tokens']} prompt tokens (fitted per device)")
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to calibrate (default cpu)")
+    p.add_argument("--space", action="append", default=None, help="space(s) to sample from (default: search_spaces/*.yaml)")
+    p.add_argument("-n", type=int, default=15, help="specs sampled per space for the table (default 15)")
+    p.add_argument("--fit", type=int, default=12, help="whole models measured to fit scale and exponent (default 12)")
+    p.add_argument("--statistic", default="relative", choices=["relative", "median", "p10"],
+                   help="relative (default): ratios to a probe timed interleaved, drift cancels; or absolute ms")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--resolution", "-r", default=None, help="override the spaces' resolutions, e.g. 256,512")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@_command("calibrate", "measure this device's block-latency table for the latency predictor", _calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..measure.predictor import calibrate
+    from ..options import LatencyConfig
+
+    spaces = args.space or [str(p) for p in sorted(Path("search_spaces").glob("*.yaml"))]
+    if not spaces:
+        raise ConfigError("--space", "no space given and no search_spaces/*.yaml here")
+    cfg = LatencyConfig(backend="cuda" if args.device == "cuda" else "torch-cpu",
+                        **({"threads": args.threads} if args.threads else {}))
+    with _progress() as progress:
+        tasks = {}
+
+        def advance(stage: str, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.advance(tasks[stage])
+
+        report = calibrate(spaces, config=cfg, statistic=args.statistic, n=args.n, fit=args.fit, seed=args.seed,
+                           resolution=args.resolution, progress=advance)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _out.print(
+            f"calibrated {report['entries']} table entries ({report['new_entries']} new) in {report['seconds']} s; "
+            f"{report['statistic']} table; measured = {report['scale']:.3g} x sum^{report['exponent']:.3f} from "
+            f"{len(report['fit_ratios'])} whole models -> {report['table']}"
+        )
+    return 0
+
+
+def _proxy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
+    p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
+    from ..options import TrainProxyConfig as T
+
+    p.add_argument("--width-mult", type=float, default=None, help=f"scaled copy: width multiplier (default {_default(T, 'width_mult')})")
+    p.add_argument("--max-depth", type=int, default=None, help=f"scaled copy: depth cap per stage (default {_default(T, 'max_depth')})")
+    p.add_argument("--resolution", "-r", type=int, default=None, help=f"input side (default {_default(T, 'resolution')})")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps (train; default {_default(T, 'steps')})")
+    p.add_argument("--lr", type=float, default=None, help=f"learning rate (train; default {_default(T, 'lr')})")
+    p.add_argument("--data", default=None, help=f"fashion-mnist | fashion-mnist-canvas | digits | noise (zero-cost only) | "
+                                                f"ImageFolder root (default {_default(T, 'data')})")
+    p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
+
+@_command("proxy", "score a spec with a zero-cost proxy or short training", _proxy_args)
+def _proxy(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..options import ProxyConfig, TrainProxyConfig
+    from ..proxy import PROXIES, score_proxy
+    from ..references import load_spec
+
+    spec = load_spec(args.spec)
+    # Options left out keep the one default of each (archsearch.options).
+    given = {k: v for k, v in (("width_mult", args.width_mult), ("max_depth", args.max_depth), ("resolution", args.resolution),
+                               ("data", args.data), ("data_root", args.data_root), ("seed", args.seed)) if v is not None}
+    if args.kind == "train":
+        from ..proxy.train import train_proxy
+
+        given.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+        r = train_proxy(spec, dataclasses.replace(TrainProxyConfig(), **given))
+        result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
+                  "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
+                  "config": r.config, "trained_spec_hash": r.trained_spec_hash}
+    elif args.kind in PROXIES:
+        s = score_proxy(spec, args.kind, dataclasses.replace(ProxyConfig(), **given))
+        result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
+                  "scored_spec_hash": s.scored_spec_hash}
+    else:
+        raise ConfigError("--kind", f"{args.kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
+    nan = [k for k, v in result.items() if isinstance(v, float) and v != v]
+    if nan:
+        from ..errors import MeasurementError
+
+        raise MeasurementError(f"{args.kind}: {', '.join(nan)} came out NaN (a training that diverged?)")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        extra = f" (val loss {result['val_loss']:.3f}, loss sum {result['loss_sum']:.2f})" if args.kind == "train" else ""
+        _out.print(f"{spec.name or spec.code} {args.kind}: {result['score']:.6g}{extra} in {result['seconds']:.1f} s; "
+                   f"scaled copy: {result['config']}")
+    return 0
+
+
+#: proxy-fidelity's plan options: flag -> (where the option lives, its field, its type). Their defaults are
+#: read from FidelityPlan and TrainProxyConfig, never written here.

@@ -1,0 +1,137 @@
+"""Commands of a study: search, worker, pareto."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from rich.table import Table
+
+from .. import _interrupts, _scoped
+from .._outputs import prepare_output_dir
+from ..errors import mask_secrets
+
+from ._app import (_accept_overrides, _command, _err, _out, _overwrite_arg, _quiet_arg, _warn)
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trials", metavar="TRIALS.yaml", help="experiment file (trials/*.yaml)")
+    p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, sqlite:///archsearch.db)")
+    p.add_argument("--pareto-out", default=None, help="also export the Pareto front to this directory at the end")
+    _overwrite_arg(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the experiment file, its space and references, print the plan, run nothing")
+    _quiet_arg(p)
+    _accept_overrides(p, "the experiment file")
+
+
+def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
+
+    from optuna.trial import TrialState
+
+    from ..search import SearchRunner
+    from ..trials import load_trials
+
+    cfg = load_trials(args.trials, args.overrides)
+    if args.dry_run:
+        from ..references import load_spec
+        from ..space import load_space
+
+        space = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
+        refs = [load_spec(cfg.resolve(e.spec)).code for e in cfg.enqueue]
+        _out.print(f"{args.trials}: study {cfg.study!r}, space {space.name!r} (resolutions {list(space.config.resolution)}), "
+                   f"objectives {', '.join(f'{o.name} ({o.direction})' for o in cfg.objectives)}, "
+                   f"{args.n_trials or cfg.n_trials} trials with {cfg.sampler.name}; references: {', '.join(refs) or 'none'}; "
+                   "nothing run", markup=False, highlight=False, soft_wrap=True)
+        return 0
+    if args.pareto_out:  # checked before any trial runs, not after they are stored
+        prepare_output_dir(args.pareto_out, "pareto", overwrite=args.overwrite, option="--pareto-out")
+    runner = SearchRunner(cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0, warn=_warn)
+    budget = args.n_trials or cfg.n_trials
+    before = runner.counted_trials()
+    from .._display import SearchDisplay
+
+    display = SearchDisplay(_out, _err, study=cfg.study, budget=budget, finished=before, quiet=args.quiet)
+    try:
+        # A Ctrl-C or SIGTERM that lands inside a database commit makes SQLAlchemy log the interrupted
+        # commit with its traceback; the command says "interrupted" in one line instead.
+        with display, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL, "sqlalchemy.engine": logging.CRITICAL}):
+            result = runner.run(n_trials=budget, on_trial=display.trial)
+    except KeyboardInterrupt as e:
+        done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        why = "terminated (SIGTERM)" if isinstance(e, _interrupts.Terminated) else "interrupted"
+        _err.print(f"archsearch: {why}; {done} finished trials of {cfg.study!r} are kept in "
+                   f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
+        return 143 if isinstance(e, _interrupts.Terminated) else 130
+    result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
+    _out.print(
+        f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
+        + ", ".join(f"{v} {k.lower()}" for k, v in result.states.items() if v)
+        + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
+        + ("" if runner.tracker.enabled else " (MLflow tracking off)")
+    )
+    _say_where(args, runner, cfg)
+    if result.rungs:
+        r = result.rungs
+        _out.print(f"rungs {r['rungs']} steps: " + ", ".join(f"{n} stopped at rung {i}" for i, n in r["stopped_at"].items())
+                   + f", {r['full_budget']} trained to the full budget; {r['steps_trained']} of {r['steps_if_all_full']} "
+                   f"training steps ({100 * r['saved_fraction']:.0f}% saved)", markup=False, highlight=False)
+    if result.failed_only:
+        here = ", ".join(f"{n} {k.lower()}" for k, n in sorted(result.states_here.items()))
+        why = f"; last error: {mask_secrets(result.last_error)}" if result.last_error else ""
+        _err.print(f"archsearch {'worker' if worker else 'search'}: error: no trial completed in this run ({here}){why}",
+                   markup=False, highlight=False, soft_wrap=True)
+        return 1
+    names = [o.name for o in cfg.objectives]
+    table = Table(title="Pareto front")
+    for col in ("trial", "arch", "res", *names, "FastViTHD-like", "dominates"):
+        table.add_column(col, no_wrap=True)
+    for r in result.pareto:
+        table.add_row(str(r.number), r.spec.code, str(r.resolution), *(f"{v:.4g}" for v in r.values),
+                      "yes" if r.fastvithd_like else "", ",".join(r.dominates))
+    _out.print(table)
+    return 0
+
+
+def _say_where(args: argparse.Namespace, runner, cfg) -> None:
+    """Where the front's table and plot went: the export directory and the study's MLflow parent run."""
+    places = []
+    if args.pareto_out:
+        places.append(f"{args.pareto_out}/ (pareto.md, pareto.csv, pareto.png, the specs)")
+    if runner.tracker.enabled and runner.parent_run_id:
+        places.append(f"MLflow run {runner.parent_run_id} in {mask_secrets(cfg.tracking.uri)} "
+                      f"(experiment {cfg.tracking.experiment!r}; artifacts pareto/ once the budget is complete)")
+    if not places:
+        places.append(f"nowhere yet: `archsearch pareto {cfg.study} --storage {mask_secrets(runner.url)} --out DIR` "
+                      "writes the table and plot")
+    _out.print("Pareto front: " + "; ".join(places), markup=False, highlight=False, soft_wrap=True)
+
+
+@_command("search", "run (or resume) the Optuna study of an experiment file", _search_args)
+def _search(args: argparse.Namespace) -> int:
+    return _run_search(args, worker=False)
+
+
+@_command("worker", "join an experiment's study as one more worker (shared storage, e.g. PostgreSQL)", _search_args)
+def _worker(args: argparse.Namespace) -> int:
+    return _run_search(args, worker=True)
+
+
+def _pareto_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="study name")
+    p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL")
+    p.add_argument("--out", required=True, help="directory for the Pareto specs, pareto.csv, pareto.md, pareto.png")
+    _overwrite_arg(p)
+
+
+@_command("pareto", "export a study's Pareto-optimal specs and tables", _pareto_args)
+def _pareto(args: argparse.Namespace) -> int:
+    from ..pareto import export_pareto, load_study
+
+    study = load_study(args.study, args.storage)
+    rows = export_pareto(study, prepare_output_dir(args.out, "pareto", overwrite=args.overwrite))
+    _out.print(f"{len(rows)} Pareto-optimal specs -> {args.out} (pareto.csv, pareto.md, pareto.png)")
+    return 0
+
+
