@@ -4,6 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
+import gzip
+import struct
+
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -55,3 +59,23 @@ kv_heads: 2
 intermediate: 128
 vocab: 1000
 """
+
+
+# --- shared fixtures ---------------------------------------------------------------------------------
+
+def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
+    return struct.pack(">BBBB", 0, 0, code, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape) + \
+        array.astype(array.dtype.newbyteorder(">")).tobytes()
+
+
+def write_fashion(root, n_train: int = 40, n_val: int = 20, gz: bool = True) -> None:
+    """A Fashion-MNIST-shaped fixture: class k is a bright square of side 4+2k (learnable, deterministic)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_val)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 2:6 + 2 * k, 2:6 + 2 * k] = 200
+        for name, arr in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+            data = idx_bytes(arr)
+            (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)

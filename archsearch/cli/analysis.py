@@ -85,7 +85,7 @@ _PLAN_FLAGS = {
 
 
 def _fidelity_args(p: argparse.ArgumentParser) -> None:
-    from ..proxy.fidelity import FidelityPlan
+    from ..fidelity import FidelityPlan
     from ..options import TrainProxyConfig
 
     p.add_argument("space", metavar="SPACE.yaml")
@@ -129,7 +129,7 @@ def _fidelity_plan(args: argparse.Namespace):
     """The plan: FidelityPlan's defaults with the options given; and the full command that rebuilds it."""
     import dataclasses
 
-    from ..proxy.fidelity import FidelityPlan
+    from ..fidelity import FidelityPlan
 
     plan, train = {"space": args.space}, {}
     for flag, (where, name, _) in _PLAN_FLAGS.items():
@@ -162,7 +162,7 @@ def _fidelity_plan(args: argparse.Namespace):
 
 @_command("proxy-fidelity", "fidelity study: how well each accuracy signal ranks specs like long training", _fidelity_args)
 def _proxy_fidelity(args: argparse.Namespace) -> int:
-    from ..proxy import fidelity
+    from .. import fidelity
 
     plan, command = _fidelity_plan(args)
     from .._display import UnitDisplay

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gzip
-import struct
 
 import numpy as np
 import pytest
@@ -12,23 +11,8 @@ from archsearch.errors import ConfigError
 from archsearch.options import TrainProxyConfig
 from archsearch.proxy.data import FASHION_MNIST_INSTALL, FashionMNIST, fashion_mnist_arrays, load_data, read_idx
 
-
-def _idx(array: np.ndarray, code: int = 0x08) -> bytes:
-    return struct.pack(">BBBB", 0, 0, code, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape) + \
-        array.astype(array.dtype.newbyteorder(">")).tobytes()
-
-
-def write_fashion(root, n_train: int = 40, n_val: int = 20, gz: bool = True) -> None:
-    """A Fashion-MNIST-shaped fixture: class k is a bright square of side 4+2k (learnable, deterministic)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("t10k", n_val)):
-        labels = np.arange(n, dtype=np.uint8) % 10
-        images = np.zeros((n, 28, 28), dtype=np.uint8)
-        for i, k in enumerate(labels):
-            images[i, 2:6 + 2 * k, 2:6 + 2 * k] = 200
-        for name, arr in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
-            data = _idx(arr)
-            (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+from ..conftest import idx_bytes as _idx
+from ..conftest import write_fashion
 
 
 def test_read_idx_plain_gzip_and_types(tmp_path):

@@ -7,19 +7,20 @@ import json
 import pytest
 
 from archsearch.options import TrainProxyConfig
-from archsearch.proxy import fidelity
+from archsearch import fidelity
+from archsearch.fidelity import stats
 
-from .test_data import write_fashion
+from .conftest import write_fashion
 
 
 def test_statistics_on_hand_made_rankings():
     x = [1, 2, 3, 4, 5, 6, 7, 8]
-    assert fidelity._kendall(x, x) == pytest.approx(1.0) and fidelity._kendall(x, x[::-1]) == pytest.approx(-1.0)
-    assert fidelity._top_precision(x, x) == 1.0 and fidelity._top_precision(x, x[::-1]) == 0.0
+    assert stats._kendall(x, x) == pytest.approx(1.0) and stats._kendall(x, x[::-1]) == pytest.approx(-1.0)
+    assert stats._top_precision(x, x) == 1.0 and stats._top_precision(x, x[::-1]) == 0.0
     # A signal that is only "size" carries nothing once size is partialled out.
     size = [1, 2, 3, 4, 5, 6, 7, 8]
-    assert fidelity._partial_tau(size, x, size) == pytest.approx(0.0, abs=1e-9)
-    lo, hi = fidelity._bootstrap_tau(x, x, n_boot=200)
+    assert stats._partial_tau(size, x, size) == pytest.approx(0.0, abs=1e-9)
+    lo, hi = stats._bootstrap_tau(x, x, n_boot=200)
     assert lo <= 1.0 <= hi + 1e-9
 
 

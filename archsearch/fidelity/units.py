@@ -1,0 +1,131 @@
+"""Running a fidelity study's units: in this process or ``workers`` processes, each finished unit appended to
+``runs.jsonl`` as it ends, so that a study killed at any point resumes where it stopped."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .. import _interrupts
+from ..options import ZERO_COST_NAMES
+from ..spec import ArchSpec
+from .plan import RUNS_FILE, FidelityPlan, done_ids, load_specs
+
+
+def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> dict:
+    """One unit in a worker process (returns a JSON-able record)."""
+    import torch
+
+    plan, spec = FidelityPlan.from_dict(plan_dict), ArchSpec.from_dict(spec_dict)
+    torch.set_num_threads(max(1, int(os.environ.get("ARCHSEARCH_UNIT_THREADS", "1"))))
+    start = time.perf_counter()
+    if unit["kind"] == "train":
+        from ..proxy.train import train_proxy
+
+        cfg = dataclasses.replace(plan.training(unit["steps"], unit["seed"], unit["resolution"], unit["max_depth"]),
+                                  accelerator=accelerator)
+        r = train_proxy(spec, cfg)
+        result = {"val_top1": r.val_top1, "val_loss": r.val_loss, "loss_sum": r.loss_sum, "train_loss": r.train_loss,
+                  "history": r.history, "seconds": r.seconds, "trained_spec_hash": r.trained_spec_hash}
+    elif unit["kind"] == "zero_cost":
+        from ..measure.flops import count_complexity
+        from ..proxy.zero_cost import score_proxy
+
+        cfg = plan.zero_cost(unit["seed"], unit.get("side"))
+        result = {}
+        for name in ZERO_COST_NAMES:
+            s = score_proxy(spec, name, cfg)
+            result[name], result[f"{name}_seconds"] = s.score, s.seconds
+        t0 = time.perf_counter()
+        c = count_complexity(spec, plan.macs_resolution or unit.get("candidate") or plan.train.resolution)
+        result.update(params=c.params, macs=c.macs, complexity_seconds=time.perf_counter() - t0)
+    elif unit["kind"] == "cpu_cost":
+        from ..proxy.train import train_proxy
+
+        # CPU seconds per training step of this spec's scaled copy (the search's device), from two short
+        # runs: the difference removes data preparation, start-up and validation.
+        few, more = 2, 10
+        cfg = plan.training(few, plan.signal_seed, unit["resolution"], unit["max_depth"])
+        a = train_proxy(spec, dataclasses.replace(cfg, accelerator="cpu"))
+        b = train_proxy(spec, dataclasses.replace(cfg, steps=more, val_every=more, accelerator="cpu"))
+        per_step = max(0.0, (b.seconds - a.seconds) / (more - few))
+        result = {"cpu_s_per_step": per_step, "cpu_fixed_s": max(0.0, a.seconds - few * per_step),
+                  "threads": torch.get_num_threads()}
+    else:  # pragma: no cover - plan_units makes only the kinds above
+        raise ValueError(unit["kind"])
+    return {**unit, "result": result, "wall_s": round(time.perf_counter() - start, 3), "device": _device(accelerator),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _device(accelerator: str) -> str:
+    if accelerator == "cuda":
+        import torch
+
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()}cores"
+
+def run_units(
+    out: Path,
+    units: Sequence[dict],
+    *,
+    accelerator: str = "cpu",
+    workers: int = 1,
+    data_root: Optional[str] = None,
+    deadline_s: Optional[float] = None,
+    progress: Optional[Callable[[dict], None]] = None,
+) -> int:
+    """Run the units not yet in ``runs.jsonl`` (``workers`` processes); append each as it finishes."""
+    out = Path(out)
+    plan, specs = load_specs(out)
+    if data_root:
+        plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, data_root=data_root))
+    todo = [u for u in units if u["id"] not in done_ids(out)]
+    path = out / RUNS_FILE
+    if path.exists() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with open(path, "a", encoding="utf-8") as f:  # a line cut short by a kill stays alone on its line
+            f.write("\n")
+    stop_at = None if deadline_s is None else time.monotonic() + deadline_s
+    done = 0
+
+    def record(rec: dict) -> None:
+        nonlocal done
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        done += 1
+        if progress:
+            progress(rec)
+
+    if workers <= 1:
+        for u in todo:
+            _interrupts.check()
+            if stop_at is not None and time.monotonic() > stop_at:
+                break
+            record(_run_one(plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator))
+        return done
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pending = {pool.submit(_run_one, plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator): u for u in todo}
+    try:
+        for fut in cf.as_completed(pending, timeout=None if stop_at is None else max(1.0, stop_at - time.monotonic())):
+            try:
+                record(fut.result())
+            except Exception as e:  # noqa: BLE001 - one failed unit is reported, the others go on
+                u = pending[fut]
+                if progress:
+                    progress({**u, "error": f"{type(e).__name__}: {e}"})
+    except cf.TimeoutError:
+        # The deadline stops the units in flight too (they would not be recorded): a rerun resumes them.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return done
