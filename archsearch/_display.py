@@ -70,8 +70,9 @@ class SearchDisplay(_Live):
     def __init__(self, out: Console, err: Console, *, study: str, budget: int, finished: int = 0,
                  quiet: bool = False) -> None:
         self.out, self.quiet = out, quiet
-        super().__init__(err, on=not quiet and err.is_terminal)
-        self.plain = not quiet and not err.is_terminal
+        # Output piped (CI logs, `| cat`, a job log): plain lines into it; both on a terminal: the live display.
+        super().__init__(err, on=not quiet and out.is_terminal and err.is_terminal)
+        self.plain = not quiet and not out.is_terminal
         self.study, self.budget = study, budget
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(), console=err)
@@ -105,8 +106,8 @@ class UnitDisplay(_Live):
 
     def __init__(self, out: Console, err: Console, *, title: str, total: Optional[int], quiet: bool = False) -> None:
         self.out = out
-        super().__init__(err, on=not quiet and err.is_terminal)
-        self.plain = not quiet and not err.is_terminal
+        super().__init__(err, on=not quiet and out.is_terminal and err.is_terminal)
+        self.plain = not quiet and not out.is_terminal
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(), console=err)
         self.task = self.progress.add_task(title, total=total)

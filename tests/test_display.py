@@ -66,3 +66,14 @@ def test_units_off_a_terminal():
         units.unit(UnitEvent(2, 2, "train:001", 70.0, error="ValueError: x"))
     assert out_file.getvalue().splitlines() == ["[1/2] fastvithd @ 64 px done (3.0 s elapsed)",
                                                 "[2/2] train:001 failed: ValueError: x (1 min 10 s elapsed)"]
+
+
+def test_piped_output_gets_plain_lines_even_with_a_terminal_on_stderr():
+    out_file = io.StringIO()
+    display = SearchDisplay(Console(file=out_file, width=200), Console(file=io.StringIO(), force_terminal=True),
+                            study="s", budget=6)
+    assert display.plain and not display.on
+    with display:
+        display.trial(_event())
+    assert out_file.getvalue().startswith("[3/6] trial 4 COMPLETE")
+
