@@ -179,7 +179,9 @@ def remove_orphan_checkpoints(directory) -> None:
     """Checkpoints of trials whose process is gone (kill -9): nothing will resume from them."""
     import os
 
+    from ._storage import process_gone
+
     for ckpt in directory.glob("trial*-*.ckpt*"):
         pid = ckpt.name.split("-", 1)[1].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
+        if pid.isdigit() and int(pid) != os.getpid() and process_gone(int(pid)):
             ckpt.unlink(missing_ok=True)

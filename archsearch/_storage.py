@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 __all__ = ["BudgetLock", "WORKER", "dead_local_worker", "fail_running", "fail_trials_of_dead_workers", "open_storage",
-           "sqlite_file"]
+           "process_gone", "sqlite_file"]
 
 
 def sqlite_file(url: str) -> Optional[Path]:
@@ -76,6 +76,11 @@ def _proc_start(pid: int) -> Optional[str]:
     except (OSError, IndexError):
         return None
     return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no live process has ``pid`` on this host (a zombie counts as gone)."""
+    return _proc_start(pid) is None
 
 
 #: This process as a trial's ``worker`` attribute: host, pid and start time (a reused pid is another process).
@@ -174,10 +179,6 @@ class BudgetLock:
                 pass
 
         self._held = release
-
-    @property
-    def is_held(self) -> bool:
-        return self._held is not None
 
     def release(self) -> None:
         if self._held is not None:

@@ -63,7 +63,7 @@ class Measurer:
         hit = self.cache.get(key)
         if hit is None:
             hit = compute()
-            nan = [k for k, v in hit.items() if isinstance(v, float) and math.isnan(v)]
+            nan = nan_fields(hit)
             if nan:  # never cached, never returned as a value
                 raise MeasurementError(f"{json.loads(key).get('metric', 'measurement')}: {', '.join(nan)} came out NaN "
                                        "(a training that diverged?); nothing was stored")
@@ -182,6 +182,11 @@ class Measurer:
         families = list(dict.fromkeys(metric_of(n) for n in objectives))
         row = self.measure(spec, resolution, families)
         return {n: float(row[n]) for n in objectives}, row
+
+
+def nan_fields(result: dict) -> List[str]:
+    """The top-level numbers of a result that came out NaN (never a value to cache or store)."""
+    return [k for k, v in result.items() if isinstance(v, float) and math.isnan(v)]
 
 
 def _side(resolution: Optional[Resolution]) -> Optional[int]:

@@ -262,9 +262,11 @@ def _proxy(args: argparse.Namespace) -> int:
                   "scored_spec_hash": s.scored_spec_hash}
     else:
         raise ConfigError("--kind", f"{args.kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
-    nan = [k for k, v in result.items() if isinstance(v, float) and v != v]
+    from ..errors import MeasurementError
+    from ..metrics import nan_fields
+
+    nan = nan_fields(result)
     if nan:
-        from ..errors import MeasurementError
 
         raise MeasurementError(f"{args.kind}: {', '.join(nan)} came out NaN (a training that diverged?)")
     if args.json:
