@@ -18,6 +18,14 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 __all__ = ["MeasureCache", "default_cache_dir", "set_aside"]
 
 T = TypeVar("T")
+#: How long a cache operation waits for a database another process holds locked before the cache is dropped.
+LOCK_WAIT_S = 60.0
+
+
+def _is_lock(e: sqlite3.OperationalError) -> bool:
+    text = str(e).lower()
+    return "locked" in text or "busy" in text
+
 _log = logging.getLogger("archsearch")
 
 
@@ -66,18 +74,28 @@ class MeasureCache:
 
     def _recovering(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``op`` on the database; a damaged file (not a lock or a full disk) is set aside once and
-        ``op`` runs again on a fresh one."""
-        for attempt in (0, 1):
+        ``op`` runs again on a fresh one. A database another process holds locked is waited for: SQLite's
+        own busy wait does not cover every case (two processes creating the file and switching it to WAL at
+        once get "database is locked" at once), so ``op`` is retried for up to ``LOCK_WAIT_S``."""
+        deadline = time.monotonic() + LOCK_WAIT_S
+        pause = 0.01
+        attempt = 0
+        while True:
             try:
                 return op(self._db())
-            except sqlite3.OperationalError:
-                raise
+            except sqlite3.OperationalError as e:
+                if not _is_lock(e) or time.monotonic() > deadline:
+                    raise
+                if self._conn is not None and self._conn.in_transaction:
+                    self._conn.rollback()
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
             except sqlite3.DatabaseError as e:
                 if attempt:
                     raise
+                attempt += 1
                 self.close()
                 set_aside(self.path, str(e), suffixes=("", "-wal", "-shm"))
-        raise AssertionError("unreachable")
 
     @staticmethod
     def key(**parts: Any) -> str:

@@ -40,3 +40,27 @@ def test_shared_by_processes(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(n)]) for n in range(2)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert len(MeasureCache(path)) == 100
+
+
+def test_a_locked_database_is_waited_for_not_dropped(tmp_path, monkeypatch):
+    """SQLite answers "database is locked" at once in some cases (two processes switching a new file to
+    WAL): the cache waits and retries instead of dropping itself for the rest of the process."""
+    import sqlite3
+
+    cache = MeasureCache(tmp_path / "c.sqlite")
+    cache.put("k", {"v": 1})
+    real = sqlite3.Connection
+    calls = {"n": 0}
+
+    def flaky(db):
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise sqlite3.OperationalError("database is locked")
+        return db.execute("SELECT value FROM measurements WHERE key = 'k'").fetchone()
+
+    assert cache._recovering(flaky)[0] == '{"v": 1}' and calls["n"] == 4
+    assert cache.enabled and isinstance(cache._db(), real)
+    monkeypatch.setattr("archsearch.measure.cache.LOCK_WAIT_S", 0.0)
+    # Locked for good: the wait ends, the cache is dropped with one warning, and the work goes on uncached.
+    monkeypatch.setattr(cache, "_db", lambda: (_ for _ in ()).throw(sqlite3.OperationalError("database is locked")))
+    assert cache.get("k") is None and not cache.enabled
