@@ -79,12 +79,12 @@ class Measurer:
         return Complexity(**self._cached(key, lambda: count_complexity(spec, hw, counter=self.options.counter).to_dict()))
 
     def latency(self, spec: ArchSpec, resolution: Resolution):
-        from .measure.device import device_fingerprint
-        from .measure.latency import Latency, measure_latency
+        from .measure.latency import Latency, latency_device, measure_latency
 
         hw = parse_resolution(resolution)
         cfg = self.options.latency
-        key = MeasureCache.key(metric="latency", spec=spec.spec_hash, resolution=hw, device=device_fingerprint(cfg.device),
+        # The device that times it: this machine, or a remote one, whose fingerprint its server tells.
+        key = MeasureCache.key(metric="latency", spec=spec.spec_hash, resolution=hw, device=latency_device(cfg)[1],
                                **cfg.cache_key())
         hit = self.cache.get(key)
         if hit is not None:

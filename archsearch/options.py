@@ -30,7 +30,7 @@ MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 #: Names of the registries filled where each entry is defined (``measure.flops.COUNTERS``,
 #: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
-LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime")
+LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime", "remote")
 DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits", "glyphs")
 #: Zero-cost proxies (``proxy.zero_cost.PROXIES``, which checks it matches): torch-free, for the metric registry.
 ZERO_COST_NAMES = ("synflow", "naswot", "grad_norm", "snip")
@@ -68,10 +68,18 @@ class LatencyConfig:
     #: conditions and never cached as a good value (a busy host once stored 1524 ms, CV 0.52, for ~300 ms).
     max_cv: float = 0.25
     noisy_retries: int = 2
+    #: ``remote`` only: the device server (``archsearch device-serve``), ``http://HOST:PORT``; its token is
+    #: read from ``ARCHSEARCH_DEVICE_TOKEN`` when a measurement is sent, never stored with the options.
+    url: Optional[str] = None
+    #: ``remote`` only: the ONNX Runtime execution provider the device times with.
+    provider: str = "CPUExecutionProvider"
+    #: ``remote`` only: how long one timing job may take, queueing included, before the measurement fails.
+    request_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.backend not in LATENCY_BACKEND_NAMES:
             raise ConfigError("backend", f"{self.backend!r} is not one of: {', '.join(LATENCY_BACKEND_NAMES)}")
+        self._check_remote()
         for key, lo in (("threads", 1), ("warmup", 0), ("repeats", 1), ("batch", 1)):
             _require(self, lo, key)
         if self.threads > MAX_THREADS:  # torch segfaults at 100,000; no timing means anything past the cores
@@ -85,15 +93,38 @@ class LatencyConfig:
         if self.compile and self.backend == "onnxruntime":
             raise ConfigError("compile", "torch.compile does not apply to the onnxruntime backend")
 
+    def _check_remote(self) -> None:
+        if self.backend != "remote":
+            for key, default in (("url", None), ("provider", "CPUExecutionProvider")):
+                if getattr(self, key) != default:
+                    raise ConfigError(key, f"applies to backend 'remote' only (backend is {self.backend!r})")
+            return
+        url = self.url or ""
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/") or any(c.isspace() for c in url):
+            raise ConfigError("url", f"backend 'remote' needs the device server as http://HOST:PORT, got {self.url!r}")
+        if "?" in url or "#" in url:
+            raise ConfigError("url", "must be http://HOST:PORT without a query: the token comes from ARCHSEARCH_DEVICE_TOKEN")
+        if "@" in rest.split("/", 1)[0]:
+            raise ConfigError("url", "must not hold credentials: the token comes from ARCHSEARCH_DEVICE_TOKEN")
+        if not 0 < self.request_timeout_s <= 86400:
+            raise ConfigError("request_timeout_s", f"must be within (0, 86400], got {self.request_timeout_s}")
+        if self.compile or self.channels_last:
+            raise ConfigError("compile" if self.compile else "channels_last", "does not apply to the remote backend (ONNX)")
+
     @property
     def device(self) -> str:
-        """``cuda`` or ``cpu``: where this backend runs."""
-        return "cuda" if self.backend == "cuda" else "cpu"
+        """``cuda``, ``cpu`` or ``remote``: where this backend runs."""
+        return {"cuda": "cuda", "remote": "remote"}.get(self.backend, "cpu")
 
     def cache_key(self) -> dict:
+        """What decides a latency besides the model and the device: how long and how often are left out,
+        and so is where the device answers (its fingerprint, in the key beside this, says which it is)."""
         d = asdict(self)
-        for how in ("time_budget_s", "max_cv", "noisy_retries"):  # how long and how often, not what is measured
+        for how in ("time_budget_s", "max_cv", "noisy_retries", "url", "request_timeout_s"):
             d.pop(how)
+        if self.backend != "remote":
+            d.pop("provider")  # keys of local timings stay what they were before the remote backend
         return d
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import optuna
 from optuna.trial import TrialState
@@ -66,6 +66,23 @@ class SearchResult:
         return sum(self.states_here.values()) > 0 and self.states_here.get("COMPLETE", 0) == 0
 
 
+#: Trial attribute: where and how its measured latency was timed (backend, device fingerprint, spread).
+ATTR_LATENCY = "latency"
+_LATENCY_KEPT = ("backend", "device_fingerprint", "threads", "repeats", "cv", "noisy", "url")
+
+
+def _record_measurements(trial: optuna.Trial, row: Dict[str, Any]) -> None:
+    """What a trial keeps beside its values: its training history, and its latency's device and spread
+    (a remote device's fingerprint, so that a study says which device priced each trial)."""
+    if "train" in row:
+        trial.set_user_attr("train_history", row["train"]["history"])
+    latency = row.get("latency") or (row.get("ttft") or {}).get("encoder")
+    if isinstance(latency, dict):
+        kept = {k: latency[k] for k in _LATENCY_KEPT if k in latency}
+        kept["device"] = (latency.get("device") or {}).get("name")
+        trial.set_user_attr(ATTR_LATENCY, kept)
+
+
 class SearchRunner:
     """Evaluates candidates for one study in this process; many runners may share the study."""
 
@@ -111,8 +128,8 @@ class SearchRunner:
     def evaluate(self, spec: ArchSpec, resolution: int, trial: Optional[optuna.Trial] = None) -> Dict[str, float]:
         """Every objective and constraint metric of a candidate (measurements are cached)."""
         values, row = self.measurer.values(spec, resolution, self._metric_names())
-        if trial is not None and "train" in row:
-            trial.set_user_attr("train_history", row["train"]["history"])
+        if trial is not None:
+            _record_measurements(trial, row)
         return values
 
     def _evaluate_in_rungs(self, trial: optuna.Trial, spec: ArchSpec, resolution: int) -> Dict[str, float]:
@@ -121,7 +138,8 @@ class SearchRunner:
 
         f = self.cfg.fidelity
         cheap_names = [n for n in self._metric_names() if n != f.metric]
-        values, _ = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
+        values, row = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
+        _record_measurements(trial, row)
         return train_in_rungs(trial, measurer=self.measurer, fidelity=f, objectives=self.cfg.objectives, spec=spec,
                               resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study))
 

@@ -495,7 +495,7 @@ def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypa
     # ... and under the same options on another device (another table), the frozen predictor refuses it.
     import archsearch.measure.predictor as predictor_module
 
-    monkeypatch.setattr(predictor_module, "device_fingerprint", lambda device="cpu": "cpu-another-machine")
+    monkeypatch.setattr(predictor_module, "latency_device", lambda cfg: ({"kind": "cpu"}, "cpu-another-machine"))
     with pytest.raises(ConfigError, match="priced its trials with latency table"):
         SearchRunner(load_trials(path, ["measure.predictor_fit=3", "n_trials=10"])).run()
 

@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from .. import _interrupts, _scoped
 from ..errors import ArchsearchError, mask_secrets
-from . import specs, measure, search, analysis  # noqa: F401 - importing them registers their commands (help lists them in this order)
+from . import specs, measure, search, analysis, serve  # noqa: F401 - importing them registers their commands (help lists them in this order)
 from ._app import COMMANDS, _err, _warn
 from .measure import measure_options
 

@@ -166,9 +166,11 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
     _out.print(table)
     lat = next((r.get("latency") or r.get("ttft", {}).get("encoder") for r in rows if "latency" in r or "ttft" in r), None)
     if lat:
+        where = (f"on {lat['device_fingerprint']} ({lat['device'].get('name')}) at {lat['url']}, {lat['provider']}"
+                 if lat["backend"] == "remote" else f"denormals flushed, heap {lat['heap']}")
         _out.print(
             f"latency: {lat['backend']}, {lat['threads']} threads, median of {lat['repeats']} after {lat['warmup']} warm-up, "
-            f"reparameterized, denormals flushed, batch {lat['batch']}, heap {lat['heap']}"
+            f"reparameterized, batch {lat['batch']}, {where}"
         )
     if "ttft" in metrics and rows:
         t = rows[0]["ttft"]
@@ -176,7 +178,13 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    from ..options import LATENCY_BACKEND_NAMES
+
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device to calibrate (default cpu)")
+    p.add_argument("--backend", choices=LATENCY_BACKEND_NAMES, default=None,
+                   help="latency backend to time with (default: torch-cpu, or cuda with --device cuda); remote: the "
+                        "device server at --url, token from $ARCHSEARCH_DEVICE_TOKEN")
+    p.add_argument("--url", default=None, help="the device server, http://HOST:PORT (--backend remote)")
     p.add_argument("--space", action="append", default=None, help="space(s) to sample from (default: search_spaces/*.yaml)")
     p.add_argument("-n", type=int, default=15, help="specs sampled per space for the table (default 15)")
     p.add_argument("--fit", type=int, default=12, help="whole models measured to fit scale and exponent (default 12)")
@@ -196,7 +204,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     spaces = args.space or [str(p) for p in sorted(Path("search_spaces").glob("*.yaml"))]
     if not spaces:
         raise ConfigError("--space", "no space given and no search_spaces/*.yaml here")
-    cfg = LatencyConfig(backend="cuda" if args.device == "cuda" else "torch-cpu",
+    backend = args.backend or ("cuda" if args.device == "cuda" else "torch-cpu")
+    cfg = LatencyConfig(backend=backend, **({"url": args.url} if args.url else {}),
                         **({"threads": args.threads} if args.threads else {}))
     with _progress() as progress:
         tasks = {}

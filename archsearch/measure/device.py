@@ -1,7 +1,6 @@
 """Which machine a measurement was taken on: the part of every latency's cache key and conditions."""
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -10,19 +9,9 @@ from typing import Dict
 
 import torch
 
+from .._host import cpu_model
+
 __all__ = ["device_info", "device_fingerprint"]
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_info(device: str = "cpu") -> Dict[str, object]:
@@ -32,7 +21,7 @@ def device_info(device: str = "cpu") -> Dict[str, object]:
         index = torch.device(device).index or 0
         info.update(kind="cuda", name=torch.cuda.get_device_name(index), cuda=torch.version.cuda)
     else:
-        info.update(kind="cpu", name=_cpu_model(), logical_cpus=os.cpu_count())
+        info.update(kind="cpu", name=cpu_model(), logical_cpus=os.cpu_count())
     return info
 
 

@@ -17,16 +17,16 @@ from __future__ import annotations
 import contextlib
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..build import check_fits, deploy_model, example_input
-from .. import _interrupts, _scoped
+from .. import _scoped, _timing
+from .._timing import MAX_BURST, Timed
 from ..errors import ConfigError
 from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
 from ..spec import ArchSpec, Resolution, parse_resolution
@@ -41,6 +41,8 @@ __all__ = [
     "LatencySampler",
     "LatencyStats",
     "compare_latency",
+    "export_onnx",
+    "latency_device",
     "latency_sampler",
     "measure_latency",
     "time_module",
@@ -99,15 +101,6 @@ class Latency:
 
 
 # --- backends -----------------------------------------------------------------------------------
-@dataclass
-class _Prepared:
-    """A ready-to-time forward: ``run()`` does one inference; ``sync`` waits for the device."""
-
-    run: Callable[[], object]
-    sync: Callable[[], None] = lambda: None
-    timer: Optional[Callable[[Callable[[], object]], float]] = None  # returns ms; default perf_counter
-
-
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     previous = torch.get_num_threads()
@@ -137,11 +130,11 @@ def _torch_forward(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Cal
     return run
 
 
-def _prepare_torch_cpu(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
-    return _Prepared(run=_torch_forward(model, x, cfg))
+def _prepare_torch_cpu(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Timed:
+    return Timed(run=_torch_forward(model, x, cfg))
 
 
-def _prepare_cuda(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
+def _prepare_cuda(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Timed:
     if not torch.cuda.is_available():
         raise ConfigError("backend", "cuda: no CUDA device is available on this machine")
     run = _torch_forward(model.cuda(), x.cuda(), cfg)
@@ -154,49 +147,95 @@ def _prepare_cuda(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Pre
         torch.cuda.synchronize()
         return start.elapsed_time(end)
 
-    return _Prepared(run=run, sync=torch.cuda.synchronize, timer=timer)
+    return Timed(run=run, sync=torch.cuda.synchronize, timer=timer)
 
 
-def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> _Prepared:
-    import onnxruntime as ort
-
+def export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
+    """The ONNX bytes of ``model`` on input ``x`` (input ``x``, output ``y``, weights inside the file)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         # The TorchScript exporter: the default (dynamo) one needs onnxscript, which we do not ship.
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = cfg.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"x": x.numpy()}
-    return _Prepared(run=lambda: session.run(None, feed))
+        return path.read_bytes()
 
 
-#: Latency backends by name: each turns (deploy model, example input, config) into a timed forward.
-LATENCY_BACKENDS: Dict[str, Callable[[nn.Module, torch.Tensor, LatencyConfig], _Prepared]] = {
-    "torch-cpu": _prepare_torch_cpu,
-    "cuda": _prepare_cuda,
-    "onnxruntime": _prepare_onnxruntime,
+def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Timed:
+    return _timing.ort_forward(export_onnx(model, x), x.numpy(), threads=cfg.threads, provider="CPUExecutionProvider")
+
+
+@dataclass
+class _LocalSession:
+    """Forwards prepared on this machine, timed here."""
+
+    forwards: List[Timed]
+    device: Dict[str, object]
+    fingerprint: str
+
+    def round_robin(self, cfg: LatencyConfig) -> List[List[float]]:
+        return _timing.round_robin(self.forwards, cfg.warmup, cfg.repeats, cfg.time_budget_s)
+
+    def interleave(self, cfg: LatencyConfig, max_burst: int) -> Tuple[List[float], List[float], List[float]]:
+        a, b = self.forwards
+        return _timing.interleave(a, b, cfg.warmup, cfg.repeats, cfg.time_budget_s, max_burst=max_burst)
+
+
+class _Local:
+    """A backend that times on this machine: ``prepare`` turns (deploy model, input, config) into a forward."""
+
+    def __init__(self, prepare: Callable[[nn.Module, torch.Tensor, LatencyConfig], Timed]) -> None:
+        self.prepare = prepare
+
+    def device(self, cfg: LatencyConfig) -> Tuple[Dict[str, object], str]:
+        return device_info(cfg.device), device_fingerprint(cfg.device)
+
+    def open(self, pairs: Sequence[Tuple[nn.Module, torch.Tensor]], cfg: LatencyConfig) -> _LocalSession:
+        return _LocalSession([self.prepare(m.eval(), x, cfg) for m, x in pairs], *self.device(cfg))
+
+
+class _Remote:
+    """The ``remote`` backend, imported when first used (:mod:`archsearch.measure.remote`)."""
+
+    def device(self, cfg: LatencyConfig) -> Tuple[Dict[str, object], str]:
+        from .remote import RemoteBackend
+
+        return RemoteBackend().device(cfg)
+
+    def open(self, pairs: Sequence[Tuple[nn.Module, torch.Tensor]], cfg: LatencyConfig) -> Any:
+        from .remote import RemoteBackend
+
+        return RemoteBackend().open(pairs, cfg)
+
+
+#: Latency backends by name. Each says which device it times on (``device(cfg)``: facts and fingerprint)
+#: and opens a session on (module, input) pairs that runs the timing protocol of :mod:`archsearch._timing`:
+#: here (torch CPU, CUDA, ONNX Runtime) or on a device server (``remote``, :mod:`archsearch.serve`).
+LATENCY_BACKENDS: Dict[str, Any] = {
+    "torch-cpu": _Local(_prepare_torch_cpu),
+    "cuda": _Local(_prepare_cuda),
+    "onnxruntime": _Local(_prepare_onnxruntime),
+    "remote": _Remote(),
 }
 assert tuple(LATENCY_BACKENDS) == LATENCY_BACKEND_NAMES
 
 
-def _timed(prepared: _Prepared) -> float:
-    if prepared.timer is not None:
-        return prepared.timer(prepared.run)
-    start = time.perf_counter_ns()
-    prepared.run()
-    prepared.sync()
-    return (time.perf_counter_ns() - start) / 1e6
+def _backend(cfg: LatencyConfig) -> Any:
+    return LATENCY_BACKENDS[cfg.backend]
 
 
-def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[str, object]:
-    device = cfg.device
-    return {
+def latency_device(cfg: LatencyConfig) -> Tuple[Dict[str, object], str]:
+    """(facts, fingerprint) of the device ``cfg``'s backend times on: this machine, or the remote device."""
+    return _backend(cfg).device(cfg)
+
+
+def _open(pairs: Sequence[Tuple[nn.Module, torch.Tensor]], cfg: LatencyConfig) -> Any:
+    return _backend(cfg).open(pairs, cfg)
+
+
+def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int, session: Any) -> Dict[str, object]:
+    conditions: Dict[str, object] = {
         "backend": cfg.backend,
-        "device": device_info(device),
-        "device_fingerprint": device_fingerprint(device),
+        "device": session.device,
+        "device_fingerprint": session.fingerprint,
         "threads": cfg.threads,
         "warmup": cfg.warmup,
         "repeats": repeats,
@@ -209,6 +248,11 @@ def _conditions(cfg: LatencyConfig, hw: tuple[int, int], repeats: int) -> Dict[s
         "heap": heap_mode(cfg.retain_heap),
         "model_form": "reparameterized",
     }
+    if cfg.backend == "remote":
+        conditions.update(url=cfg.url, provider=cfg.provider)
+        for local_only in ("flush_denormal", "heap", "channels_last", "compile"):
+            conditions.pop(local_only)
+    return conditions
 
 
 @contextlib.contextmanager
@@ -222,74 +266,19 @@ def _timing_environment(cfg: LatencyConfig) -> Iterator[None]:
 def time_module(module: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> LatencyStats:
     """Median-of-repeats latency of any module on ``x`` (the predictor times blocks with it)."""
     with _timing_environment(cfg):
-        prepared = LATENCY_BACKENDS[cfg.backend](module.eval(), x, cfg)
-        return LatencyStats.from_samples(_sample(prepared, cfg))
-
-
-def _sample(prepared: _Prepared, cfg: LatencyConfig) -> List[float]:
-    return _round_robin([prepared], cfg)[0]
-
-
-def _warm_up(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> None:
-    for _ in range(cfg.warmup):
-        _interrupts.check()
-        for p in prepared:
-            p.run()
-    for p in prepared:
-        p.sync()
-
-
-def _rounds(cfg: LatencyConfig) -> Iterator[int]:
-    """``repeats`` timing rounds, fewer when ``time_budget_s`` has run out after a round (never fewer than 3)."""
-    deadline = None if cfg.time_budget_s is None else time.monotonic() + cfg.time_budget_s
-    for i in range(cfg.repeats):
-        _interrupts.check()  # a safe point every round: Ctrl-C stops thousands of repeats at once
-        yield i
-        if deadline is not None and i >= 2 and time.monotonic() > deadline:
-            return
-
-
-def _round_robin(prepared: Sequence[_Prepared], cfg: LatencyConfig) -> List[List[float]]:
-    """Warm up, then time each forward in turn (A B A B ... for two), ``repeats`` rounds or the budget."""
-    _warm_up(prepared, cfg)
-    samples: List[List[float]] = [[] for _ in prepared]
-    for _ in _rounds(cfg):
-        for p, out in zip(prepared, samples):
-            out.append(_timed(p))
-    return samples
+        session = _open([(module, x)], cfg)
+        return LatencyStats.from_samples(session.round_robin(cfg)[0])
 
 
 def time_modules_interleaved(
-    a: tuple[nn.Module, torch.Tensor], b: tuple[nn.Module, torch.Tensor], cfg: LatencyConfig, *, max_burst: int = 5
+    a: tuple[nn.Module, torch.Tensor], b: tuple[nn.Module, torch.Tensor], cfg: LatencyConfig, *, max_burst: int = MAX_BURST
 ) -> tuple[LatencyStats, LatencyStats, LatencyStats]:
-    """(A stats, B stats, A/B ratio stats) for two (module, input) pairs timed A B A B ...
-
-    When A takes much longer than B (a whole model at 1024 px against the predictor's 30 ms probe),
-    B runs in a burst after each A, of up to ``max_burst`` runs costing at most a quarter of A, and
-    each pair's ratio divides by the burst's median: on a shared machine one B run caught by another
-    tenant moved a pair's ratio by up to 50%.
-    """
+    """(A stats, B stats, A/B ratio stats) for two (module, input) pairs timed A B A B ... with B in
+    bursts when A is much longer (:func:`archsearch._timing.interleave`); on a remote device both run
+    in one job there, so that the device's drift cancels as it does here."""
     with _timing_environment(cfg):
-        pa = LATENCY_BACKENDS[cfg.backend](a[0].eval(), a[1], cfg)
-        pb = LATENCY_BACKENDS[cfg.backend](b[0].eval(), b[1], cfg)
-        _warm_up([pa, pb], cfg)
-        ta: List[float] = []
-        tb: List[float] = []
-        ratios: List[float] = []
-        burst: Optional[int] = None
-        for _ in _rounds(cfg):
-            x, ys = _timed(pa), [_timed(pb)]
-            if burst is None:  # sized on the first pair
-                burst = max(1, min(max_burst, int(x / (4 * ys[0]))))
-            ys += [_timed(pb) for _ in range(burst - 1)]
-            ta.append(x)
-            tb += ys
-            ratios.append(x / statistics.median(ys))
+        ta, tb, ratios = _open([a, b], cfg).interleave(cfg, max_burst)
     return LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
-
-
-def _prepare_spec(spec: ArchSpec, hw: tuple[int, int], cfg: LatencyConfig) -> _Prepared:
-    return LATENCY_BACKENDS[cfg.backend](deploy_model(spec, resolution=hw), _example(spec, hw, cfg), cfg)
 
 
 def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[LatencyConfig] = None) -> Latency:
@@ -300,13 +289,13 @@ def measure_latency(spec: ArchSpec, resolution: Resolution, config: Optional[Lat
     hw = parse_resolution(resolution)
     attempts: List[LatencyStats] = []
     with _timing_environment(cfg):
-        prepared = _prepare_spec(spec, hw, cfg)
+        session = _open([(deploy_model(spec, resolution=hw), _example(spec, hw, cfg))], cfg)
         for _ in range(1 + cfg.noisy_retries):
-            attempts.append(LatencyStats.from_samples(_sample(prepared, cfg)))
+            attempts.append(LatencyStats.from_samples(session.round_robin(cfg)[0]))
             if attempts[-1].cv <= cfg.max_cv:
                 break
     stats = min(attempts, key=lambda a: a.cv)
-    conditions = _conditions(cfg, hw, stats.repeats)
+    conditions = _conditions(cfg, hw, stats.repeats, session)
     conditions.update(noisy=stats.cv > cfg.max_cv, max_cv=cfg.max_cv, attempts=len(attempts))
     return Latency(stats.median_ms, stats, conditions)
 
@@ -328,12 +317,16 @@ def latency_sampler(
     that spread repeats over time or over processes (the repeatability benchmark's sliced schedule)."""
     cfg = config or LatencyConfig()
     hw = parse_resolution(resolution)
+    backend = _backend(cfg)
+    if not isinstance(backend, _Local):
+        raise ConfigError("backend", f"{cfg.backend}: a latency sampler times on this machine only")
     with _timing_environment(cfg):
-        prepared = _prepare_spec(spec, hw, cfg)
-        _warm_up([prepared], cfg)
-        conditions = _conditions(cfg, hw, 0)
+        session = backend.open([(deploy_model(spec, resolution=hw), _example(spec, hw, cfg))], cfg)
+        (prepared,) = session.forwards
+        _timing.warm_up([prepared], cfg.warmup)
+        conditions = _conditions(cfg, hw, 0, session)
         conditions.pop("repeats")
-        yield LatencySampler(lambda n: [_timed(prepared) for _ in range(n)], conditions)
+        yield LatencySampler(lambda n: [_timing.timed(prepared) for _ in range(n)], conditions)
 
 
 @dataclass(frozen=True)
@@ -361,9 +354,11 @@ def compare_latency(
     cfg = config or LatencyConfig()
     hw_a = parse_resolution(resolution)
     hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
-    a_stats, b_stats, ratio = time_modules_interleaved(
-        (deploy_model(a, resolution=hw_a), _example(a, hw_a, cfg)), (deploy_model(b, resolution=hw_b), _example(b, hw_b, cfg)), cfg
-    )
-    conditions = _conditions(cfg, hw_a, a_stats.repeats)
+    pairs = [(deploy_model(a, resolution=hw_a), _example(a, hw_a, cfg)), (deploy_model(b, resolution=hw_b), _example(b, hw_b, cfg))]
+    with _timing_environment(cfg):
+        session = _open(pairs, cfg)
+        ta, tb, ratios = session.interleave(cfg, MAX_BURST)
+    a_stats, b_stats, ratio = LatencyStats.from_samples(ta), LatencyStats.from_samples(tb), LatencyStats.from_samples(ratios)
+    conditions = _conditions(cfg, hw_a, a_stats.repeats, session)
     conditions.update(resolution_b=list(hw_b), interleaved=True)
     return LatencyComparison(ratio, a_stats, b_stats, conditions)

@@ -36,8 +36,7 @@ from ..errors import ConfigError
 from ..spec import ArchSpec, Resolution, parse_resolution
 from .cache import default_cache_dir, set_aside
 from ._heap import heap_mode
-from .device import device_fingerprint, device_info
-from .latency import LatencyConfig, _example, measure_latency, time_module, time_modules_interleaved
+from .latency import LatencyConfig, _example, latency_device, measure_latency, time_module, time_modules_interleaved
 
 __all__ = ["Component", "LatencyPredictor", "STATISTICS", "components", "probe"]
 
@@ -152,7 +151,7 @@ class LatencyPredictor:
         device = self.config.device
         self.device = device
         # Tables timed with and without a retained heap differ by the page faults (~25% here).
-        name = f"{device_fingerprint(device)}-{self.config.backend}-t{self.config.threads}-heap-{heap_mode(self.config.retain_heap)}.json"
+        name = f"{latency_device(self.config)[1]}-{self.config.backend}-t{self.config.threads}-heap-{heap_mode(self.config.retain_heap)}.json"
         self.path = path or default_cache_dir() / "latency_lut" / name
         self.entries: Dict[str, dict] = {}
         self.scale: float = 1.0
@@ -229,7 +228,7 @@ class LatencyPredictor:
                 "backend": self.config.backend,
                 "threads": self.config.threads,
                 "heap": heap_mode(self.config.retain_heap),
-                "device": device_info(self.device),
+                "device": latency_device(self.config)[0],
                 "component_repeats": self.component_config.repeats,
             },
             "fit": {**self._all_fits, self.statistic: self.fit},

@@ -1,0 +1,181 @@
+"""What travels between a search and ``archsearch device-serve``: endpoints, the job, the answer.
+
+One definition for both sides (the server validates with it, the client builds with it); no torch.
+
+* ``GET /v1/device``: the device's facts and fingerprint.
+* ``POST /v1/time``: one timing job. Either JSON (``application/json``)::
+
+      {"models": [{"onnx": "<base64>", "shape": [1, 3, 256, 256]}, ...],   # 1, or 2 to interleave
+       "warmup": 3, "repeats": 10, "threads": 4, "provider": "CPUExecutionProvider",
+       "mode": "round_robin" | "interleave", "time_budget_s": null, "max_burst": 5}
+
+  or one raw ONNX file (``application/octet-stream``) with the same fields in the query string
+  (``?shape=1,3,256,256&repeats=20``): ``curl --data-binary @model.onnx``.
+  The answer: ``{"times_ms": [[...], ...], "ratios": [...] (interleave), "device": {...},
+  "fingerprint": "...", "protocol": {...}, "model_sha256": [...], "elapsed_s": ...}``.
+
+Every request carries ``Authorization: Bearer <token>``. Errors answer ``{"error": "one line"}`` with
+401 (token), 404 (path), 411 (no length), 413 (too large), 422 (not a model this server will time, or a
+run past its time or memory limit), 503 (queue full).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+__all__ = [
+    "DEVICE_PATH", "DEFAULT_PORT", "Job", "JobError", "MAX_MODELS", "MODES", "TIME_PATH", "TOKEN_ENV", "job_from_json",
+    "job_from_query", "job_to_json",
+]
+
+#: The environment variable that holds the token, on the device and on the machine that searches.
+TOKEN_ENV = "ARCHSEARCH_DEVICE_TOKEN"
+DEFAULT_PORT = 8765
+DEVICE_PATH = "/v1/device"
+TIME_PATH = "/v1/time"
+MODES = ("round_robin", "interleave")
+#: One model, or a model and the probe it is interleaved with.
+MAX_MODELS = 2
+_LIMITS = {"warmup": (0, 1000), "repeats": (1, 10000), "threads": (1, 1024), "max_burst": (1, 50)}
+_MAX_DIMS, _MAX_SIDE, _MAX_ELEMENTS = 6, 16384, 1 << 28
+
+
+class JobError(ValueError):
+    """A job this server will not run; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Job:
+    """One timing job: the models (ONNX bytes) with their input shapes, and how to time them."""
+
+    models: List[bytes]
+    shapes: List[Tuple[int, ...]]
+    warmup: int = 3
+    repeats: int = 10
+    threads: int = 1
+    provider: str = "CPUExecutionProvider"
+    mode: str = "round_robin"
+    time_budget_s: Optional[float] = None
+    max_burst: int = 5
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def protocol(self) -> Dict[str, Any]:
+        """How the models were timed (everything but the models): part of every answer and cache key."""
+        d = asdict(self)
+        for key in ("models", "extra"):
+            d.pop(key)
+        d["shapes"] = [list(s) for s in self.shapes]
+        return d
+
+
+def _int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = int(str(value), 10)
+        except ValueError:
+            raise JobError(f"{name}: must be an integer, got {str(value)[:40]!r}") from None
+    lo, hi = _LIMITS[name]
+    if not lo <= value <= hi:
+        raise JobError(f"{name}: must be within [{lo}, {hi}], got {value}")
+    return value
+
+
+def _shape(value: Any) -> Tuple[int, ...]:
+    if isinstance(value, str):
+        value = value.split(",")
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= _MAX_DIMS:
+        raise JobError(f"shape: must be 1 to {_MAX_DIMS} sizes, like 1,3,256,256")
+    try:
+        dims = tuple(int(str(v).strip(), 10) for v in value)
+    except ValueError:
+        raise JobError(f"shape: sizes must be integers, got {str(value)[:60]!r}") from None
+    elements = 1
+    for d in dims:
+        if not 1 <= d <= _MAX_SIDE:
+            raise JobError(f"shape: each size must be within [1, {_MAX_SIDE}], got {d}")
+        elements *= d
+    if elements > _MAX_ELEMENTS:
+        raise JobError(f"shape: {elements} input elements is more than {_MAX_ELEMENTS}")
+    return dims
+
+
+def _options(fields: Mapping[str, Any]) -> Dict[str, Any]:
+    known = {"warmup", "repeats", "threads", "provider", "mode", "time_budget_s", "max_burst", "shape", "models"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise JobError(f"unknown field {unknown[0]!r}")
+    out: Dict[str, Any] = {k: _int(k, fields[k]) for k in ("warmup", "repeats", "threads", "max_burst") if k in fields}
+    if "provider" in fields:
+        provider = str(fields["provider"])
+        if not provider.isidentifier() or len(provider) > 64:
+            raise JobError(f"provider: not an execution provider name: {provider[:40]!r}")
+        out["provider"] = provider
+    if "mode" in fields:
+        if fields["mode"] not in MODES:
+            raise JobError(f"mode: must be one of {', '.join(MODES)}, got {str(fields['mode'])[:40]!r}")
+        out["mode"] = fields["mode"]
+    budget = fields.get("time_budget_s")
+    if budget is not None:
+        try:
+            out["time_budget_s"] = float(budget)
+        except (TypeError, ValueError):
+            raise JobError(f"time_budget_s: must be a number, got {str(budget)[:40]!r}") from None
+        if not 0 < out["time_budget_s"] <= 86400:
+            raise JobError(f"time_budget_s: must be within (0, 86400], got {budget}")
+    return out
+
+
+def _checked(job: Job, max_model_bytes: int) -> Job:
+    for i, onnx in enumerate(job.models):
+        if len(onnx) > max_model_bytes:
+            raise JobError(f"models[{i}]: {len(onnx)} bytes is more than this server's {max_model_bytes}", status=413)
+    if job.mode == "interleave" and len(job.models) != 2:
+        raise JobError("mode interleave needs exactly 2 models (the model and its probe)")
+    return job
+
+
+def job_from_json(body: bytes, max_model_bytes: int) -> Job:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise JobError("the body is neither an ONNX model nor a JSON job") from None
+    if not isinstance(data, dict):
+        raise JobError("a JSON job must be an object")
+    opts = _options(data)
+    models = data.get("models")
+    if not isinstance(models, list) or not 1 <= len(models) <= MAX_MODELS:
+        raise JobError(f"models: must be a list of 1 to {MAX_MODELS} models")
+    onnx: List[bytes] = []
+    shapes: List[Tuple[int, ...]] = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or set(m) != {"onnx", "shape"}:
+            raise JobError(f"models[{i}]: must be {{onnx: base64, shape: [..]}}")
+        try:
+            onnx.append(base64.b64decode(str(m["onnx"]), validate=True))
+        except (binascii.Error, ValueError):
+            raise JobError(f"models[{i}].onnx: not base64") from None
+        shapes.append(_shape(m["shape"]))
+    return _checked(Job(onnx, shapes, **opts), max_model_bytes)
+
+
+def job_from_query(body: bytes, query: Mapping[str, List[str]], max_model_bytes: int) -> Job:
+    fields = {k: v[-1] for k, v in query.items()}
+    if "shape" not in fields:
+        raise JobError("shape: a raw ONNX body needs ?shape=N,C,H,W")
+    opts = _options(fields)
+    shape = _shape(fields["shape"])
+    return _checked(Job([body], [shape], **opts), max_model_bytes)
+
+
+def job_to_json(job: Job) -> bytes:
+    payload = job.protocol()
+    payload.pop("shapes")
+    payload["models"] = [{"onnx": base64.b64encode(m).decode("ascii"), "shape": list(s)} for m, s in zip(job.models, job.shapes)]
+    return json.dumps(payload).encode()
