@@ -34,6 +34,10 @@ setup(
         "onnxruntime>=1.17",
         "psycopg[binary]>=3.1",  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     ],
-    extras_require={"test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2", "ruff>=0.5"]},
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2", "ruff>=0.5"],
+        # What `archsearch device-serve` uses on a target device (it never imports torch; see README).
+        "device": ["onnx>=1.15", "onnxruntime>=1.17", "numpy>=1.24", "pyyaml>=6", "omegaconf>=2.3"],
+    },
     entry_points={"console_scripts": ["archsearch=archsearch.cli:entry"]},
 )

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..errors import MeasurementError
 from ..options import LatencyConfig
-from ..serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV, Job, job_to_json
+from ..serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV, Job, job_query, job_to_json
 
 __all__ = ["RemoteBackend", "RemoteSession"]
 
@@ -37,11 +37,12 @@ def _token() -> str:
     return token
 
 
-def _call(url: str, path: str, timeout_s: float, body: Optional[bytes] = None) -> Dict[str, Any]:
+def _call(url: str, path: str, timeout_s: float, body: Optional[bytes] = None,
+          content_type: str = "application/json") -> Dict[str, Any]:
     request = urllib.request.Request(url.rstrip("/") + path, data=body, method="POST" if body is not None else "GET")
     request.add_header("Authorization", f"Bearer {_token()}")
     if body is not None:
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
@@ -88,7 +89,11 @@ class RemoteSession:
         job = Job(self.models, self.shapes, warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads,
                   provider=cfg.provider, mode=mode, time_budget_s=cfg.time_budget_s, max_burst=max_burst)
         assert cfg.url is not None
-        answer = _call(cfg.url, TIME_PATH, cfg.request_timeout_s, job_to_json(job))
+        if len(self.models) == 1:  # one model travels as it is (no base64): the query string says how to time it
+            answer = _call(cfg.url, TIME_PATH + "?" + job_query(job), cfg.request_timeout_s, self.models[0],
+                           "application/octet-stream")
+        else:
+            answer = _call(cfg.url, TIME_PATH, cfg.request_timeout_s, job_to_json(job))
         if answer.get("fingerprint") != self.fingerprint:
             raise MeasurementError(f"device {cfg.url} changed during the study ({self.fingerprint} -> {answer.get('fingerprint')}): "
                                    "restart the search to time on the new one")

@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = [
     "DEVICE_PATH", "DEFAULT_PORT", "Job", "JobError", "MAX_MODELS", "MODES", "TIME_PATH", "TOKEN_ENV", "job_from_json",
-    "job_from_query", "job_to_json",
+    "job_from_query", "job_query", "job_to_json",
 ]
 
 #: The environment variable that holds the token, on the device and on the machine that searches.
@@ -172,6 +172,14 @@ def job_from_query(body: bytes, query: Mapping[str, List[str]], max_model_bytes:
     opts = _options(fields)
     shape = _shape(fields["shape"])
     return _checked(Job([body], [shape], **opts), max_model_bytes)
+
+
+def job_query(job: Job) -> str:
+    """The query string of a one-model job sent as a raw ONNX body."""
+    from urllib.parse import urlencode
+
+    fields = {k: v for k, v in job.protocol().items() if k != "shapes" and v is not None}
+    return urlencode({**fields, "shape": ",".join(map(str, job.shapes[0]))})
 
 
 def job_to_json(job: Job) -> bytes:

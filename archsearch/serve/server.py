@@ -40,12 +40,12 @@ _JSON_SLACK = 64 << 10
 class ServeOptions:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
-    #: The largest model (ONNX file) accepted, in MB.
-    max_model_mb: float = 64.0
+    #: The largest model (ONNX file) accepted, in MB: FastViTHD's deploy model is about 500 MB in float32.
+    max_model_mb: float = 1024.0
     #: Wall-clock limit of one job's child process (start, checks, warm-up, timing), in seconds.
     timeout_s: float = 120.0
     #: Address-space limit of one job's child process, in MB.
-    max_memory_mb: int = 4096
+    max_memory_mb: int = 8192
     #: Jobs that may wait while one runs; one more is refused with 503.
     queue: int = 4
     #: The job log (JSON lines); default ``$ARCHSEARCH_CACHE_DIR/device-serve/jobs.jsonl``.
