@@ -271,3 +271,25 @@ def test_interleaving_with_the_probe_runs_on_the_device_in_one_job(server):
         assert modes == ["interleave", "round_robin"]
     finally:
         os.environ.pop(TOKEN_ENV)
+
+
+def test_remote_options_are_checked_and_the_token_is_never_an_option(capsys, monkeypatch):
+    from archsearch.cli import main
+    from archsearch.errors import ConfigError
+    from archsearch.options import LatencyConfig
+
+    for bad, key in ((dict(backend="remote"), "url"), (dict(backend="remote", url="ftp://x"), "url"),
+                     (dict(backend="remote", url="http://u:secret@h:1"), "url"),
+                     (dict(backend="remote", url="http://h:1/?token=abc"), "url"), (dict(url="http://h:1"), "url"),
+                     (dict(backend="remote", url="http://h:1", compile=True), "compile")):
+        with pytest.raises(ConfigError) as e:
+            LatencyConfig(**bad)
+        assert e.value.key == key and "secret" not in str(e.value)
+    assert "url" not in LatencyConfig(backend="remote", url="http://h:1").cache_key()
+    assert main(["calibrate", "--backend", "remote"]) == 2
+    assert "url" in capsys.readouterr().err
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert main(["measure", "fastvit_t8", "-r", "64", "-m", "latency", "--no-cache", "measure.latency.backend=remote",
+                 "measure.latency.url=http://127.0.0.1:9"]) != 0
+    err = capsys.readouterr().err
+    assert TOKEN_ENV in err and "Traceback" not in err

@@ -151,7 +151,8 @@ class LatencyPredictor:
         device = self.config.device
         self.device = device
         # Tables timed with and without a retained heap differ by the page faults (~25% here).
-        name = f"{latency_device(self.config)[1]}-{self.config.backend}-t{self.config.threads}-heap-{heap_mode(self.config.retain_heap)}.json"
+        heap = "" if self.config.backend == "remote" else f"-heap-{heap_mode(self.config.retain_heap)}"  # the device's own
+        name = f"{latency_device(self.config)[1]}-{self.config.backend}-t{self.config.threads}{heap}.json"
         self.path = path or default_cache_dir() / "latency_lut" / name
         self.entries: Dict[str, dict] = {}
         self.scale: float = 1.0
