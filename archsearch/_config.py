@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 from omegaconf import OmegaConf
@@ -153,7 +153,7 @@ def parse_yaml(text: str, source: str = "<string>") -> Any:
         raise ConfigError("", f"{source}: malformed YAML: {e}") from None
 
 
-def _nested_dataclass(tp: Any) -> tuple[type | None, type | None]:
+def _nested_dataclass(tp: Any) -> tuple[Any, Any]:
     """(element dataclass, container) for fields typed ``DC``, ``List[DC]`` or ``Tuple[DC, ...]``."""
     if dataclasses.is_dataclass(tp):
         return tp, None
@@ -196,7 +196,7 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
         shown = "" if not key else f" {_short(data)}"
         raise ConfigError(key, f"expected a mapping for {where}, got {type(data).__name__}{shown}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cast(Any, cls)) if f.init}
     for k in data:
         if k not in fields:
             allowed = ", ".join(fields)
@@ -216,7 +216,7 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
         elif elem is not None:
             if not isinstance(value, list):
                 raise ConfigError(sub, f"expected a list, got {type(value).__name__} {_short(value)}")
-            items = [_from_data(elem, item, join_key(sub, i)) for i, item in enumerate(value)]
+            items: list[Any] = [_from_data(elem, item, join_key(sub, i)) for i, item in enumerate(value)]
             values[name] = container(items)
         else:
             if _is_sequence_type(tp) and not isinstance(value, list):
@@ -224,7 +224,7 @@ def _from_data(cls: type[T], data: Any, key: str) -> T:
             flat[name] = value
 
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(cls), flat)
+        cfg: Any = OmegaConf.merge(OmegaConf.structured(cls), flat)
     except OmegaConfBaseException as e:
         raise ConfigError(join_key(key, str(e.full_key)), _first_line(e)) from None
     missing = [m for m in OmegaConf.missing_keys(cfg) if m.split(".")[0].split("[")[0] not in values]

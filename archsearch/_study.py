@@ -57,7 +57,8 @@ def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> op
     """Create or load ``cfg``'s study in ``url``; a study with other directions or objectives is refused."""
     with _scoped.optuna_verbosity(optuna.logging.ERROR):
         storage = open_storage(url, heartbeat_s=cfg.heartbeat_s, grace_s=cfg.grace_s, max_retry=cfg.max_retry)
-        directions = [o.direction for o in cfg.objectives]
+        directions = [optuna.study.StudyDirection.MINIMIZE if o.direction == "minimize" else optuna.study.StudyDirection.MAXIMIZE
+                      for o in cfg.objectives]
         try:
             study = optuna.create_study(study_name=cfg.study, storage=storage, directions=directions,
                                         sampler=_sampler(cfg, seed), load_if_exists=True)

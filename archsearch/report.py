@@ -10,10 +10,10 @@ import csv
 import json
 from itertools import combinations
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from .errors import ConfigError
 from ._outputs import md_text, record_outputs, save_figure, write_atomic
@@ -280,6 +280,11 @@ def report_ablation(directory: Path, out: Path) -> Path:
     return path
 
 
+def _objective_target(i: int, sign: float) -> Callable[[FrozenTrial], float]:
+    """Objective ``i`` as a value to explain, flipped for maximised objectives."""
+    return lambda t: sign * t.values[i]
+
+
 def report_study(study: optuna.Study, out: Path) -> Path:
     out = Path(out)
     rows = export_pareto(study, out)
@@ -290,19 +295,20 @@ def report_study(study: optuna.Study, out: Path) -> Path:
     if len(study.directions) > 1 and done:
         from optuna.visualization.matplotlib import plot_hypervolume_history
 
-        sign = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
-        worst = [max(s * t.values[i] for t in done) for i, s in enumerate(sign)]
-        best = [min(s * t.values[i] for t in done) for i, s in enumerate(sign)]
-        ref = [s * (w + 0.1 * (abs(w - b) or 1.0)) for s, w, b in zip(sign, worst, best)]
+        signs = [1 if d == optuna.study.StudyDirection.MINIMIZE else -1 for d in study.directions]
+        worst = [max(s * t.values[i] for t in done) for i, s in enumerate(signs)]
+        best = [min(s * t.values[i] for t in done) for i, s in enumerate(signs)]
+        ref = [s * (w + 0.1 * (abs(w - b) or 1.0)) for s, w, b in zip(signs, worst, best)]
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ax = plot_hypervolume_history(study, ref)
-        ax.figure.set_size_inches(6, 4)
-        ax.figure.tight_layout()
-        save_figure(ax.figure, out / "hypervolume.png")
-        plt.close(ax.figure)
+        hv_fig: Any = ax.figure
+        hv_fig.set_size_inches(6, 4)
+        hv_fig.tight_layout()
+        save_figure(hv_fig, out / "hypervolume.png")
+        plt.close(hv_fig)
         plots.append("hypervolume.png")
     importance_md = []
     if len(done) >= 4:
@@ -311,7 +317,7 @@ def report_study(study: optuna.Study, out: Path) -> Path:
             # Optuna's default evaluator (PED-ANOVA) explains low target values: flip maximised objectives.
             sign = 1.0 if study.directions[i] == optuna.study.StudyDirection.MINIMIZE else -1.0
             try:
-                imp = optuna.importance.get_param_importances(study, target=lambda t, i=i, sign=sign: sign * t.values[i])
+                imp = optuna.importance.get_param_importances(study, target=_objective_target(i, sign))
             except (RuntimeError, ValueError) as e:
                 importance_md.append(f"- {name}: not computable ({e})")
                 continue

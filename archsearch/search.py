@@ -137,6 +137,7 @@ class SearchRunner:
         from ._rungs import rung_dir, train_in_rungs
 
         f = self.cfg.fidelity
+        assert f is not None
         cheap_names = [n for n in self._metric_names() if n != f.metric]
         values, row = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
         _record_measurements(trial, row)
@@ -305,6 +306,7 @@ class SearchRunner:
             finally:
                 self.lock.release()
             ran += 1
+            assert self._trial_id is not None
             trial = self.study._storage.get_trial(self._trial_id)  # this process's trial (the Study API has no lookup by id)
             self._account(trial)
             self._track(trial)
@@ -342,6 +344,8 @@ class SearchRunner:
             running_rungs=running)
 
     def _fail_interrupted_trial(self) -> None:
+        if self._trial_id is None:
+            return
         try:
             fail_running(self.study._storage, self._trial_id, "interrupted (SIGINT or SIGTERM)")
         except Exception as e:  # noqa: BLE001 - the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)

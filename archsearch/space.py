@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 import optuna
 from omegaconf import MISSING, OmegaConf
@@ -217,12 +217,12 @@ class SearchSpace:
         output_stride = trial.suggest_categorical("output_stride", cfg.output_stride)
         if cfg.rules.attention_after_repmixer:
             n_attn = trial.suggest_categorical("num_attention_stages", cfg.num_attention_stages)
-        raw = []
+        raw: list[dict[str, Any]] = []
         for i, st in enumerate(cfg.stages[: self.max_stages]):
             if st.width is not None:
                 width = trial.suggest_categorical(f"s{i}_width", st.width)
             else:
-                width = raw[-1]["width"] * trial.suggest_categorical(f"s{i}_width_mult", st.width_mult)
+                width = raw[-1]["width"] * trial.suggest_categorical(f"s{i}_width_mult", cast(list, st.width_mult))
             raw.append(
                 dict(
                     depth=trial.suggest_categorical(f"s{i}_depth", st.depth),
@@ -293,14 +293,14 @@ class SearchSpace:
                 params[f"s{i}_width"] = stage.width if stage else st.width[0]
             else:
                 mult = stage.width // prev_width if stage and prev_width and stage.width % prev_width == 0 else None
-                params[f"s{i}_width_mult"] = mult if stage else st.width_mult[0]
+                params[f"s{i}_width_mult"] = mult if stage else cast(list, st.width_mult)[0]
             for key in ("depth", "mlp_ratio", "pos_enc", "se_downsample"):
                 params[f"s{i}_{key}"] = getattr(stage, key) if stage else getattr(st, key)[0]
             if not cfg.rules.attention_after_repmixer:
                 params[f"s{i}_token_mixer"] = stage.token_mixer if stage else st.token_mixer[0]
             prev_width = stage.width if stage else prev_width
         try:
-            got = self.sample_candidate(optuna.trial.FixedTrial(params))
+            got = self.sample_candidate(cast(optuna.Trial, optuna.trial.FixedTrial(params)))
         except (InvalidSample, ValueError):
             return None
         return params if got.spec == spec and got.resolution == resolution else None

@@ -70,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               _scoped.log_levels({"archsearch": logging.INFO})):
             return args._run(args)
     except ArchsearchError as e:
-        _err.print(f"archsearch {args.command}: error: {mask_secrets(e)}", markup=False, highlight=False, soft_wrap=True)
+        _err.print(f"archsearch {args.command}: error: {mask_secrets(str(e))}", markup=False, highlight=False, soft_wrap=True)
         if args.debug:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Dict
 from pathlib import Path
 
 from rich.table import Table
@@ -131,7 +132,8 @@ def _fidelity_plan(args: argparse.Namespace):
 
     from ..fidelity import FidelityPlan
 
-    plan, train = {"space": args.space}, {}
+    given: Dict[str, Any] = {"space": args.space}
+    train: Dict[str, Any] = {}
     for flag, (where, name, _) in _PLAN_FLAGS.items():
         value = getattr(args, f"plan_{name}")
         if value is None:
@@ -142,9 +144,9 @@ def _fidelity_plan(args: argparse.Namespace):
             value = _scalings(value)
         elif name in ("max_depth", "macs_resolution"):  # 0: none (no cap; MACs at each spec's own resolution)
             value = value or None
-        (plan if where == "plan" else train)[name] = value
+        (given if where == "plan" else train)[name] = value
     base = FidelityPlan()
-    plan = FidelityPlan(**{**plan, "train": dataclasses.replace(base.train, **train)})
+    plan = FidelityPlan(**{**given, "train": dataclasses.replace(base.train, **train)})
     own = (plan.train.resolution, plan.train.max_depth)
     if own not in plan.scalings:  # the plan's own scaling is always one of the subset's
         plan = dataclasses.replace(plan, scalings=plan.scalings + (own,))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import List
+from typing import Callable, List
 
 from rich.table import Table
 
@@ -155,7 +155,7 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
     for name in metrics:
         if name not in shown:
             for key in METRICS[name].objectives:
-                columns.append((key, lambda r, key=key: f"{r[key]:.4g}"))
+                columns.append((key, _number_column(key)))
     if ratio:
         columns.append(("latency / vs (IQR)", lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
     table = Table()
@@ -175,6 +175,10 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
     if "ttft" in metrics and rows:
         t = rows[0]["ttft"]
         _out.print(f"TTFT: encoder + {t['llm']} prefill of visual + {t['prompt_tokens']} prompt tokens (fitted per device)")
+
+
+def _number_column(key: str) -> Callable[[dict], str]:
+    return lambda r: f"{r[key]:.4g}"
 
 
 def _calibrate_args(p: argparse.ArgumentParser) -> None:

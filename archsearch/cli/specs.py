@@ -117,7 +117,7 @@ def _sample(args: argparse.Namespace) -> int:
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(out / "samples.csv", buf.getvalue())
-    record_outputs(out, "sample", [r["file"] for r in rows] + ["samples.csv"])
+    record_outputs(out, "sample", [str(r["file"]) for r in rows] + ["samples.csv"])
     table = Table(title=f"{len(rows)} specs from {space.name} -> {out} ({len(rejected)} invalid draws rejected)")
     for col in ("index", "arch", "resolution", "tokens", "spec_hash"):
         table.add_column(col)

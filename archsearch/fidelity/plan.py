@@ -133,11 +133,11 @@ def plan_units(plan: FidelityPlan, specs: Sequence[ArchSpec], kinds: Iterable[st
     kinds = set(kinds)
     res, cap = plan.train.resolution, plan.train.max_depth
     sides = _sides(plan, resolutions, len(specs))
-    main, held_refs, held_signals = [], [], []
+    main: List[dict] = []
+    held_refs: List[dict] = []
+    held_signals: List[dict] = []
     for i, spec in enumerate(specs):
-        refs = signals = main if i < plan.n else None
-        if refs is None:
-            refs, signals = held_refs, held_signals
+        refs, signals = (main, main) if i < plan.n else (held_refs, held_signals)
         side = sides[i]
         if "train" in kinds:
             refs += [_unit("train", i, spec, steps=plan.long_steps, seed=s, resolution=side, max_depth=cap) for s in plan.reference_seeds]

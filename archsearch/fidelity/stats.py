@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 from ..options import ZERO_COST_NAMES
 from .plan import FidelityPlan, _collect, _sides, load_resolutions, load_specs, plan_units
@@ -30,13 +30,13 @@ def _bootstrap_tau(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, s
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
     taus = []
     for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        taus.append(_kendall(x[idx], y[idx]))
-    lo, hi = np.percentile(taus, [2.5, 97.5])
-    return [round(float(lo), 3), round(float(hi), 3)]
+        idx = rng.integers(0, len(xa), len(xa))
+        taus.append(_kendall(xa[idx], ya[idx]))
+    bounds: Any = np.percentile(taus, [2.5, 97.5])
+    return [round(float(bounds[0]), 3), round(float(bounds[1]), 3)]
 
 
 def _partial_tau(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
@@ -69,7 +69,7 @@ def _signal_table(plan: FidelityPlan, runs: List[dict], indices: Sequence[int], 
         longs = [by.get(("train", i, plan.long_steps, s, res, cap)) for s in plan.reference_seeds]
         if any(x is None for x in longs):
             continue
-        ref[i] = [x["result"]["val_top1"] for x in longs]
+        ref[i] = [x["result"]["val_top1"] for x in longs if x is not None]
         s, c = {}, {}
         zc = by.get(("zero_cost", i, None, plan.signal_seed, None, None))
         cpu = by.get(("cpu_cost", i, None, None, res, cap))
@@ -141,7 +141,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
     main_idx, hold_idx = range(plan.n), range(plan.n, plan.n + plan.n_holdout)
     ref, sig, cost = _signal_table(plan, runs, main_idx, sides)
     signals, common = _evaluate(plan, ref, sig, cost)
-    seeds = list(zip(*[ref[i] for i in common])) if common else [[], []]
+    seeds: List[Sequence[float]] = list(zip(*[ref[i] for i in common])) if common else [[], []]
     ranked = len(common) >= _MIN_RANKED
     ceiling = round(_kendall(seeds[0], seeds[1]), 3) if ranked else float("nan")
     bar = round(min(0.6, 0.8 * ceiling), 3)
@@ -164,10 +164,10 @@ def analyse(out: Path, *, command: str = "") -> dict:
         "plan": plan.to_dict(), "command": command, "space": plan.space,
         "specs": [{"index": i, "spec_hash": specs[i].spec_hash, "arch": specs[i].code, "resolution": resolutions[i],
                    "input_side": sides[i], "reference_top1": ref[i], "signals": sig[i]} for i in common],
-        "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(*seeds) if ranked else None,
+        "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(seeds[0], seeds[1]) if ranked else None,
         "reference_top1_range": [round(min(statistics.fmean(ref[i]) for i in common), 4),
                                  round(max(statistics.fmean(ref[i]) for i in common), 4)] if common else None,
-        "resolution_range": ([min(resolutions[i] for i in common), max(resolutions[i] for i in common)]
+        "resolution_range": ([min(cast(int, resolutions[i]) for i in common), max(cast(int, resolutions[i]) for i in common)]
                              if common and resolutions[0] is not None else None),
         "input_side_range": [min(sides[i] for i in common), max(sides[i] for i in common)] if common else None,
         "learning_curves": curve,
@@ -205,18 +205,19 @@ def _scaling_subset(plan: FidelityPlan, runs: List[dict]) -> dict:
             hashes.setdefault(key, {})[r["index"]] = r["result"]["trained_spec_hash"]
     own = (plan.train.resolution, plan.train.max_depth)
     out = {}
-    for key in plan.scalings:
-        rows = {i: v for i, v in table.get(tuple(key), {}).items() if len(v) == 2}
+    for scaling in plan.scalings:
+        key = (scaling[0], scaling[1])
+        rows = {i: v for i, v in table.get(key, {}).items() if len(v) == 2}
         if len(rows) < 4:
             continue
         idx = sorted(rows)
         a, b = [rows[i][plan.reference_seeds[0]] for i in idx], [rows[i][plan.reference_seeds[1]] for i in idx]
         mean = [(x + y) / 2 for x, y in zip(a, b)]
         entry = {"n": len(idx), "seed_tau": round(_kendall(a, b), 3), "top1_min": round(min(mean), 4), "top1_max": round(max(mean), 4),
-                 "distinct_trained_copies": len(set(hashes[tuple(key)][i] for i in idx))}
+                 "distinct_trained_copies": len(set(hashes[key][i] for i in idx))}
         own_rows = table.get(own, {})
         shared = [i for i in idx if len(own_rows.get(i, {})) == 2]
-        if tuple(key) != own and len(shared) >= 4:
+        if key != own and len(shared) >= 4:
             entry["tau_vs_plan_scaling"] = round(_kendall([statistics.fmean(rows[i].values()) for i in shared],
                                                           [statistics.fmean(own_rows[i].values()) for i in shared]), 3)
         out[f"{key[0]}px_cap{key[1]}"] = entry

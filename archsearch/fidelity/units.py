@@ -26,19 +26,19 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
     if unit["kind"] == "train":
         from ..proxy.train import train_proxy
 
-        cfg = dataclasses.replace(plan.training(unit["steps"], unit["seed"], unit["resolution"], unit["max_depth"]),
-                                  accelerator=accelerator)
-        r = train_proxy(spec, cfg)
+        train_cfg = dataclasses.replace(plan.training(unit["steps"], unit["seed"], unit["resolution"], unit["max_depth"]),
+                                        accelerator=accelerator)
+        r = train_proxy(spec, train_cfg)
         result = {"val_top1": r.val_top1, "val_loss": r.val_loss, "loss_sum": r.loss_sum, "train_loss": r.train_loss,
                   "history": r.history, "seconds": r.seconds, "trained_spec_hash": r.trained_spec_hash}
     elif unit["kind"] == "zero_cost":
         from ..measure.flops import count_complexity
         from ..proxy.zero_cost import score_proxy
 
-        cfg = plan.zero_cost(unit["seed"], unit.get("side"))
+        zc_cfg = plan.zero_cost(unit["seed"], unit.get("side"))
         result = {}
         for name in ZERO_COST_NAMES:
-            s = score_proxy(spec, name, cfg)
+            s = score_proxy(spec, name, zc_cfg)
             result[name], result[f"{name}_seconds"] = s.score, s.seconds
         t0 = time.perf_counter()
         c = count_complexity(spec, plan.macs_resolution or unit.get("candidate") or plan.train.resolution)

@@ -309,9 +309,10 @@ class LatencyPredictor:
         raw = self._apply(self.raw_sum_ms(spec, resolution, measure_missing=measure_missing))
         if self.statistic != "relative":
             return raw
-        if self.probe_ms is None:
-            self.rebase()
-        return raw * self.probe_ms
+        probe_ms = self.probe_ms
+        if probe_ms is None:
+            probe_ms = self.rebase()
+        return raw * probe_ms
 
     def predict_relative(self, spec: ArchSpec, resolution: Resolution, *, measure_missing: bool = True) -> float:
         """Predicted latency in probe units (``relative`` tables only)."""

@@ -116,7 +116,7 @@ class DeviceServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
     def authorized(self, header: Optional[str]) -> bool:
         scheme, _, given = (header or "").partition(" ")
