@@ -17,7 +17,7 @@ import math
 from typing import Dict, Hashable, List, Mapping, Sequence
 
 __all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank", "remove_orphan_checkpoints", "rung_dir", "summary",
-           "train_in_rungs"]
+           "queue_finisher", "to_finish", "tolerances", "train_in_rungs"]
 
 
 def _points(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> Dict[Hashable, tuple]:
@@ -30,15 +30,19 @@ def _points(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]
     return pts
 
 
-def _dominates(a: tuple, b: tuple) -> bool:
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+def _dominates(a: tuple, b: tuple, tolerance: Sequence[float] = ()) -> bool:
+    """``a`` no worse than ``b`` everywhere and better somewhere; along an objective with a relative
+    ``tolerance`` t, values within t of each other (of the larger magnitude) count as equal."""
+    tol = [t * max(abs(x), abs(y)) if math.isfinite(x) and math.isfinite(y) else 0.0
+           for t, x, y in zip(list(tolerance) + [0.0] * (len(a) - len(tolerance)), a, b)]
+    return all(x <= y + e for x, y, e in zip(a, b, tol)) and any(x < y - e for x, y, e in zip(a, b, tol))
 
 
-def _fronts(pts: Mapping[Hashable, tuple]) -> List[List[Hashable]]:
+def _fronts(pts: Mapping[Hashable, tuple], tolerance: Sequence[float] = ()) -> List[List[Hashable]]:
     left = dict(pts)
     fronts: List[List[Hashable]] = []
     while left:
-        front = [k for k, p in left.items() if not any(_dominates(q, p) for j, q in left.items() if j != k)]
+        front = [k for k, p in left.items() if not any(_dominates(q, p, tolerance) for j, q in left.items() if j != k)]
         fronts.append(front)
         for k in front:
             del left[k]
@@ -67,24 +71,27 @@ def crowding_distance(front: Sequence[Hashable], table: Mapping[Hashable, Sequen
     return dist
 
 
-def rank(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]) -> List[Hashable]:
-    """Every id of ``table``, best first: front, then crowding distance (larger first), then id."""
+def rank(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str], tolerance: Sequence[float] = ()) -> List[Hashable]:
+    """Every id of ``table``, best first: front, then crowding distance (larger first), then id. ``tolerance``:
+    per objective, the relative difference that counts as a tie (an accuracy within the seed noise), so
+    that the exact objectives (MACs, predicted latency) decide between such trials."""
     pts = _points(table, directions)
     out: List[Hashable] = []
-    for front in _fronts(pts):
+    for front in _fronts(pts, tolerance):
         crowd = crowding_distance(front, pts)
         out += sorted(front, key=lambda k: (-crowd[k], k))
     return out
 
 
-def promotes(trial: Hashable, table: Mapping[Hashable, Sequence[float]], directions: Sequence[str], eta: int) -> bool:
+def promotes(trial: Hashable, table: Mapping[Hashable, Sequence[float]], directions: Sequence[str], eta: int,
+             tolerance: Sequence[float] = ()) -> bool:
     """Whether ``trial`` (one of ``table``'s ids: the trials finished at this rung) goes on to the next rung."""
     if eta < 2:
         raise ValueError(f"eta must be >= 2, got {eta}")
     if trial not in table:
         raise KeyError(trial)
     keep = max(1, len(table) // eta)
-    return trial in rank(table, directions)[:keep]
+    return trial in rank(table, directions, tolerance)[:keep]
 
 
 def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
@@ -114,52 +121,130 @@ def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
 
 # --- a trial's training, rung by rung --------------------------------------------------------------------------
 
-#: Trial attribute keys a multi-fidelity trial writes (read by the summary, the report and the display).
-ATTR_RUNGS, ATTR_RUNG_STEPS, ATTR_STOPPED_AT = "rungs", "rung_steps", "stopped_at_rung"
+#: Trial attribute keys a multi-fidelity trial writes (read by the summary, the report and the display);
+#: ATTR_FINISHES: on a trial that re-runs a stopped one (its number) to the full budget.
+ATTR_RUNGS, ATTR_RUNG_STEPS, ATTR_STOPPED_AT, ATTR_FINISHES = "rungs", "rung_steps", "stopped_at_rung", "finishes"
 
 
-def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: int, values: dict, checkpoint_dir) -> dict:
-    """Train ``spec`` rung by rung while the trial stays in the top 1/eta of its rung (:func:`promotes`) and
-    return ``values`` with the fidelity metric at the last rung; a trial stopped at a rung ends PRUNED with
-    its rung values. ``values`` holds the cheap objectives, measured before.
+def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[float] = ()):
+    """The stopped trial to train to the full budget next, or None: among the trials stopped at the
+    deepest rung any trial was stopped at, the best ranked there (the provisional front first) whose spec
+    has no full-budget, running or queued trial yet. ``trials``: the study's Optuna trials."""
+    from optuna.trial import TrialState
 
-    The trial's checkpoint lives in ``checkpoint_dir`` (the study's, never ``$TMPDIR``) and goes when the
-    trial ends, whatever its state; one left by a killed worker is removed by the next run on this host
-    (:func:`remove_orphan_checkpoints`)."""
-    import os
+    taken = {t.user_attrs.get("spec_hash") for t in trials
+             if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and ATTR_STOPPED_AT in t.user_attrs]
+    if not stopped:
+        return None
+    deepest = max(t.user_attrs[ATTR_STOPPED_AT] for t in stopped)
+    key = str(deepest)
+    table = {t.number: t.user_attrs[ATTR_RUNGS][key] for t in trials
+             if key in t.user_attrs.get(ATTR_RUNGS, {}) and t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    by_number = {t.number: t for t in stopped if t.user_attrs[ATTR_STOPPED_AT] == deepest}
+    for number in rank(table, directions, tolerance):
+        t = by_number.get(number)
+        if t is not None and t.user_attrs.get("spec_hash") not in taken:
+            return t
+    return None
 
+
+def queue_finisher(study, fidelity, objectives, budget: int, counted: int) -> None:
+    """In the last ``finish_share`` of the budget (``counted`` trials used of ``budget``), queue a stopped trial
+    of the provisional front to train to the full budget (:func:`to_finish`), one at a time, so that the final
+    front is made of full-budget trials rather than of the few that won every rung early on."""
+    from optuna.trial import TrialState
+
+    slots = round(fidelity.finish_share * budget)
+    if not slots or counted < budget - slots:
+        return
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.WAITING for t in trials):
+        return
+    t = to_finish(trials, [str(o.direction) for o in objectives], tolerances(fidelity, [o.name for o in objectives]))
+    if t is not None:
+        study.enqueue_trial(t.params, user_attrs={ATTR_FINISHES: t.number})
+
+
+def tolerances(fidelity, names: Sequence[str]) -> List[float]:
+    """Per objective, the relative difference that ties at a rung: the fidelity metric's, else 0."""
+    return [fidelity.tie_tolerance if n == fidelity.metric else 0.0 for n in names]
+
+
+def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: int, values: dict, checkpoint_dir,
+                   finishing: bool = False) -> dict:
+    """Train ``spec`` once, deciding at each rung boundary whether the trial stays in the top 1/eta of its
+    rung (:func:`promotes`, with the fidelity metric's ``tie_tolerance``), and return ``values`` with the
+    fidelity metric at the last rung; a trial stopped at a rung ends PRUNED with its rung values. ``values``
+    holds the cheap objectives, measured before. A ``finishing`` trial (one of the provisional front's,
+    re-run to the full budget) records its rungs but is never stopped.
+
+    At the lower rungs the signal costs no full validation pass: ``train_loss_sum`` is the sum so far,
+    ``train_top1`` the top-1 on ``fidelity.val_subset`` validation images; the last rung validates in full.
+    The run's checkpoint lives in ``checkpoint_dir`` (the study's, never ``$TMPDIR``), is written at each
+    lower boundary so that a crashed trial's retry resumes there, and goes when the trial ends."""
     import optuna
     from optuna.trial import TrialState
 
+    from .proxy.train import RungHook
+
     names = [o.name for o in objectives]
     directions = [o.direction for o in objectives]
+    tolerance = tolerances(fidelity, names)
     field = "val_top1" if fidelity.metric == "train_top1" else "loss_sum"
     rungs: Dict[str, list] = {}
-    checkpoint = checkpoint_dir / f"trial{trial._trial_id}-{os.getpid()}.ckpt"  # _trial_id: unique across retries
+
+    def record(i: int, signal: float) -> None:
+        values[fidelity.metric] = float(signal)
+        rungs[str(i)] = [values[n] for n in names]
+        # Stored before deciding, so that the other workers rank against it at once.
+        trial.set_user_attr(ATTR_RUNGS, dict(rungs))
+        trial.set_user_attr(ATTR_RUNG_STEPS, list(fidelity.rungs[: i + 1]))
+
+    def decide(i: int, signals: Dict[str, float]) -> bool:
+        record(i, signals[field])
+        if finishing:
+            return True
+        # A failed trial (a killed worker's) does not stand in the table: its retry, with the same
+        # values, would otherwise lose the tie to it and nothing would reach the last rung.
+        table = {t.number: t.user_attrs[ATTR_RUNGS][str(i)] for t in trial.study.get_trials(deepcopy=False)
+                 if str(i) in t.user_attrs.get(ATTR_RUNGS, {}) and t.state != TrialState.FAIL}
+        table[trial.number] = rungs[str(i)]
+        return promotes(trial.number, table, directions, fidelity.eta, tolerance)
+
+    checkpoint = _checkpoint_for(checkpoint_dir, f"{spec.spec_hash}-{resolution}-{'-'.join(map(str, fidelity.rungs))}")
     try:
-        for i, steps in enumerate(fidelity.rungs):
-            r = measurer.training_rung(spec, steps, fidelity.rungs[-1], checkpoint, resolution)
-            values[fidelity.metric] = float(r[field])
-            rungs[str(i)] = [values[n] for n in names]
-            # Stored before deciding, so that the other workers rank against it at once.
-            trial.set_user_attr(ATTR_RUNGS, dict(rungs))
-            trial.set_user_attr(ATTR_RUNG_STEPS, list(fidelity.rungs[: i + 1]))
-            if i == len(fidelity.rungs) - 1:
-                return values
-            # A failed trial (a killed worker's) does not stand in the table: its retry, with the same
-            # values, would otherwise lose the tie to it and nothing would reach the last rung.
-            table = {t.number: t.user_attrs[ATTR_RUNGS][str(i)] for t in trial.study.get_trials(deepcopy=False)
-                     if str(i) in t.user_attrs.get(ATTR_RUNGS, {}) and t.state != TrialState.FAIL}
-            table[trial.number] = rungs[str(i)]
-            if not promotes(trial.number, table, directions, fidelity.eta):
-                trial.set_user_attr(ATTR_STOPPED_AT, i)
-                trial.set_user_attr("metrics", values)
-                raise optuna.TrialPruned(f"stopped at rung {i} ({steps} steps): not in the top 1/{fidelity.eta} of "
-                                         f"{len(table)} trials there")
+        subset = fidelity.val_subset if fidelity.metric == "train_top1" else 0
+        result = measurer.train_with_rungs(spec, resolution, RungHook(fidelity.rungs, decide, subset, checkpoint))
     finally:
         for leftover in (checkpoint, *checkpoint.parent.glob(f"{checkpoint.name}.*.tmp")):
             leftover.unlink(missing_ok=True)
-    raise AssertionError("unreachable")
+    at = result["stopped_at"]
+    if at is not None:
+        trial.set_user_attr(ATTR_STOPPED_AT, at)
+        trial.set_user_attr("metrics", values)
+        raise optuna.TrialPruned(f"stopped at rung {at} ({fidelity.rungs[at]} steps): not in the top 1/{fidelity.eta} there")
+    record(len(fidelity.rungs) - 1, result[field])
+    return values
+
+
+def _checkpoint_for(directory, run: str):
+    """This process's checkpoint file for ``run``; one that a dead process left for the same run (a crashed
+    trial, whose retry this is) is taken over, so that training resumes from its last rung."""
+    import os
+
+    from ._storage import process_gone
+
+    mine = directory / f"{run}-{os.getpid()}.ckpt"
+    for other in directory.glob(f"{run}-*.ckpt"):
+        pid = other.stem.rsplit("-", 1)[1]
+        if other != mine and pid.isdigit() and process_gone(int(pid)):
+            try:
+                other.replace(mine)
+                break
+            except FileNotFoundError:  # another worker took it over first
+                continue
+    return mine
 
 
 def rung_dir(url: str, study_name: str):
@@ -176,12 +261,13 @@ def rung_dir(url: str, study_name: str):
 
 
 def remove_orphan_checkpoints(directory) -> None:
-    """Checkpoints of trials whose process is gone (kill -9): nothing will resume from them."""
+    """Checkpoints of trials whose process is gone (kill -9): called when the study's budget is complete,
+    since until then a retry of the crashed trial resumes from its checkpoint."""
     import os
 
     from ._storage import process_gone
 
-    for ckpt in directory.glob("trial*-*.ckpt*"):
-        pid = ckpt.name.split("-", 1)[1].split(".", 1)[0]
+    for ckpt in directory.glob("*-*.ckpt*"):
+        pid = ckpt.name.split(".ckpt", 1)[0].rsplit("-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and process_gone(int(pid)):
             ckpt.unlink(missing_ok=True)

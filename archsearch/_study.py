@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -28,6 +28,7 @@ from .space import SearchSpace
 from .trials import SAMPLER_NAMES, TrialsConfig
 
 __all__ = ["check_conditions", "check_space", "conditions", "freeze_predictor", "open_study", "record_identity",
+           "record_measurements",
            "space_identity"]
 
 _log = logging.getLogger("archsearch")
@@ -57,8 +58,7 @@ def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> op
     """Create or load ``cfg``'s study in ``url``; a study with other directions or objectives is refused."""
     with _scoped.optuna_verbosity(optuna.logging.ERROR):
         storage = open_storage(url, heartbeat_s=cfg.heartbeat_s, grace_s=cfg.grace_s, max_retry=cfg.max_retry)
-        directions = [optuna.study.StudyDirection.MINIMIZE if o.direction == "minimize" else optuna.study.StudyDirection.MAXIMIZE
-                      for o in cfg.objectives]
+        directions: List[Any] = [o.direction for o in cfg.objectives]  # "minimize" / "maximize", as stored
         try:
             study = optuna.create_study(study_name=cfg.study, storage=storage, directions=directions,
                                         sampler=_sampler(cfg, seed), load_if_exists=True)
@@ -204,3 +204,20 @@ def _fit_predictor(predictor, space: SearchSpace, n: int) -> None:
     predictor.fit_scale([(c.spec, c.resolution) for c in found], progress=progress)
     _log.info(f"latency predictor fitted in {time.perf_counter() - start:.0f} s: scale {predictor.scale:.3g}, "
               f"exponent {predictor.exponent:.3f}")
+
+
+#: Trial attribute: where and how its measured latency was timed (backend, device fingerprint, spread).
+ATTR_LATENCY = "latency"
+_LATENCY_KEPT = ("backend", "device_fingerprint", "threads", "repeats", "cv", "noisy", "url")
+
+
+def record_measurements(trial: optuna.Trial, row: Dict[str, Any]) -> None:
+    """What a trial keeps beside its values: its training history, and its latency's device and spread
+    (a remote device's fingerprint, so that a study says which device priced each trial)."""
+    if "train" in row:
+        trial.set_user_attr("train_history", row["train"]["history"])
+    latency = row.get("latency") or (row.get("ttft") or {}).get("encoder")
+    if isinstance(latency, dict):
+        kept = {k: latency[k] for k in _LATENCY_KEPT if k in latency}
+        kept["device"] = (latency.get("device") or {}).get("name")
+        trial.set_user_attr(ATTR_LATENCY, kept)

@@ -149,15 +149,30 @@ class Measurer:
         key = MeasureCache.key(metric="train", spec=spec.spec_hash, config=cfg.cache_key())
         return self._cached(key, lambda: train_proxy(spec, cfg).to_dict())
 
-    def training_rung(self, spec: ArchSpec, steps: int, schedule_steps: int, checkpoint=None,
-                      resolution: Optional[Resolution] = None) -> dict:
-        """Training of ``spec``'s scaled copy up to ``steps`` of a ``schedule_steps``-step run (a rung of a
-        multi-fidelity search), resumed from ``checkpoint`` when it holds an earlier rung; cached."""
+    def train_with_rungs(self, spec: ArchSpec, resolution: Optional[Resolution], hook) -> dict:
+        """One training of ``spec``'s scaled copy decided at ``hook``'s boundaries (a multi-fidelity trial,
+        :class:`~archsearch.proxy.train.RungHook`). A run that reached the last boundary is cached with its
+        boundary signals: a later trial of the same spec replays its decisions from them without training."""
         from .proxy.train import train_proxy
 
-        cfg = dataclasses.replace(self.options.train.for_candidate(_side(resolution)), steps=steps)
-        key = MeasureCache.key(metric="train_rung", spec=spec.spec_hash, config=cfg.cache_key(), schedule=schedule_steps)
-        return self._cached(key, lambda: train_proxy(spec, cfg, schedule_steps=schedule_steps, checkpoint=checkpoint).to_dict())
+        cfg = dataclasses.replace(self.options.train.for_candidate(_side(resolution)), steps=hook.boundaries[-1])
+        key = MeasureCache.key(metric="train_rungs", spec=spec.spec_hash, config=cfg.cache_key(),
+                               boundaries=list(hook.boundaries), val_subset=hook.val_subset)
+        hit = self.cache.get(key)
+        if hit is not None:
+            for i, signals in enumerate(hit["boundaries"]):
+                if not hook.decide(i, signals):
+                    return {**hit, "val_top1": signals.get("val_top1", math.nan), "val_loss": signals.get("val_loss", math.nan),
+                            "loss_sum": signals["loss_sum"], "train_loss": signals["train_loss"],
+                            "boundaries": hit["boundaries"][: i + 1], "stopped_at": i}
+            return hit
+        result = train_proxy(spec, cfg, rungs=hook).to_dict()
+        if result["stopped_at"] is None:
+            nan = nan_fields(result)
+            if nan:
+                raise MeasurementError(f"train_rungs: {', '.join(nan)} came out NaN (a training that diverged?); nothing was stored")
+            self.cache.put(key, result)
+        return result
 
     # --- rows ---------------------------------------------------------------------------------
     def measure(self, spec: ArchSpec, resolution: Resolution, metrics: Sequence[str]) -> dict:

@@ -16,14 +16,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import optuna
 from optuna.trial import TrialState
 
 from . import _interrupts, _scoped
 from ._storage import WORKER, BudgetLock, fail_running, fail_trials_of_dead_workers
-from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity
+from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity, record_measurements
 from .errors import InvalidSample, mask_secrets
 from .metrics import Measurer
 from .progress import TrialEvent
@@ -64,23 +64,6 @@ class SearchResult:
         """This run ran trials and completed none (failed or pruned: an invalid sample is no result either):
         the command should not report success."""
         return sum(self.states_here.values()) > 0 and self.states_here.get("COMPLETE", 0) == 0
-
-
-#: Trial attribute: where and how its measured latency was timed (backend, device fingerprint, spread).
-ATTR_LATENCY = "latency"
-_LATENCY_KEPT = ("backend", "device_fingerprint", "threads", "repeats", "cv", "noisy", "url")
-
-
-def _record_measurements(trial: optuna.Trial, row: Dict[str, Any]) -> None:
-    """What a trial keeps beside its values: its training history, and its latency's device and spread
-    (a remote device's fingerprint, so that a study says which device priced each trial)."""
-    if "train" in row:
-        trial.set_user_attr("train_history", row["train"]["history"])
-    latency = row.get("latency") or (row.get("ttft") or {}).get("encoder")
-    if isinstance(latency, dict):
-        kept = {k: latency[k] for k in _LATENCY_KEPT if k in latency}
-        kept["device"] = (latency.get("device") or {}).get("name")
-        trial.set_user_attr(ATTR_LATENCY, kept)
 
 
 class SearchRunner:
@@ -129,20 +112,21 @@ class SearchRunner:
         """Every objective and constraint metric of a candidate (measurements are cached)."""
         values, row = self.measurer.values(spec, resolution, self._metric_names())
         if trial is not None:
-            _record_measurements(trial, row)
+            record_measurements(trial, row)
         return values
 
     def _evaluate_in_rungs(self, trial: optuna.Trial, spec: ArchSpec, resolution: int) -> Dict[str, float]:
         """The cheap metrics, then training rung by rung (:func:`archsearch._rungs.train_in_rungs`)."""
-        from ._rungs import rung_dir, train_in_rungs
+        from ._rungs import ATTR_FINISHES, rung_dir, train_in_rungs
 
         f = self.cfg.fidelity
         assert f is not None
         cheap_names = [n for n in self._metric_names() if n != f.metric]
         values, row = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
-        _record_measurements(trial, row)
+        record_measurements(trial, row)
         return train_in_rungs(trial, measurer=self.measurer, fidelity=f, objectives=self.cfg.objectives, spec=spec,
-                              resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study))
+                              resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study),
+                              finishing=ATTR_FINISHES in trial.user_attrs)
 
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
@@ -197,10 +181,6 @@ class SearchRunner:
         attrs = self.study.user_attrs
         record_identity(self.study, self.cfg, self.space, self.conditions, self.url)
         freeze_predictor(self.study, self.cfg, self.space, self.measurer, self._metric_names())
-        if self.cfg.fidelity is not None:
-            from ._rungs import remove_orphan_checkpoints, rung_dir
-
-            remove_orphan_checkpoints(rung_dir(self.url, self.cfg.study))
         if "references" not in attrs and self.references:
             refs = []
             for spec, res in self.references:
@@ -288,8 +268,13 @@ class SearchRunner:
                 break
             self.lock.acquire()
             try:
-                if self.counted_trials() >= budget:
+                counted = self.counted_trials()
+                if counted >= budget:
                     break
+                if self.cfg.fidelity is not None:
+                    from ._rungs import queue_finisher
+
+                    queue_finisher(self.study, self.cfg.fidelity, self.cfg.objectives, budget, counted)
                 trial_started = time.monotonic()
                 try:
                     # One trial per call, not optimize(n_trials=N): each call fails stale trials and starts the
@@ -371,8 +356,10 @@ class SearchRunner:
                         self.tracker.finish_study(self.parent_run_id)
                         study.set_user_attr("mlflow_parent_finished", True)
         if self.cfg.fidelity is not None:
-            from ._rungs import summary
+            from ._rungs import remove_orphan_checkpoints, rung_dir, summary
 
+            if complete:  # nothing will resume from a dead worker's checkpoint now
+                remove_orphan_checkpoints(rung_dir(self.url, self.cfg.study))
             result.rungs = summary(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                                    self.cfg.fidelity.rungs)
             study.set_user_attr("rung_summary", result.rungs)

@@ -96,16 +96,25 @@ class EnqueueConfig:
 
 @dataclass
 class FidelityConfig:
-    """Multi-fidelity search: every trial gets its cheap objectives and ``rungs[0]`` steps of training;
-    it goes on to the next rung only if it is in the top ``1/eta`` of the trials finished at its rung
-    (non-dominated sorting over the study's objectives, :mod:`archsearch._rungs`); training resumes from the
-    previous rung's checkpoint. A trial stopped at a rung ends PRUNED with each rung's values kept."""
+    """Multi-fidelity search: every trial gets its cheap objectives and one training run, decided at each
+    rung: it goes on only if it is in the top ``1/eta`` of the trials finished at that rung (non-dominated
+    sorting over the study's objectives, :mod:`archsearch._rungs`). The model stays in memory from the first
+    step to the rung that stops it. A trial stopped at a rung ends PRUNED with each rung's values kept; the
+    last ``finish_share`` of the budget trains the provisional front's stopped members to the full budget."""
 
     #: The training objective the rungs refine (one of the study's objectives).
     metric: str = "train_top1"
     #: Total training steps at each rung, increasing; the last is the full budget.
     rungs: List[int] = MISSING
     eta: int = 3
+    #: Relative difference of the fidelity metric that counts as a tie at a rung (its seed-to-seed noise):
+    #: such trials are ranked by the exact objectives. 0: every difference counts.
+    tie_tolerance: float = 0.0
+    #: Validation images scored at the lower rungs of ``train_top1`` (the last rung validates in full).
+    val_subset: int = 256
+    #: Share of ``n_trials`` that re-runs stopped trials of the provisional front to the full budget, so that
+    #: the final front is made of full-budget trials (0: none).
+    finish_share: float = 0.25
 
     def __post_init__(self) -> None:
         if self.metric not in ("train_top1", "train_loss_sum"):
@@ -114,6 +123,12 @@ class FidelityConfig:
             raise ConfigError("rungs", f"need two or more increasing step counts >= 1, got {list(self.rungs)}")
         if self.eta < 2:
             raise ConfigError("eta", f"must be >= 2, got {self.eta}")
+        if not 0 <= self.tie_tolerance < 1:
+            raise ConfigError("tie_tolerance", f"must be within [0, 1), got {self.tie_tolerance}")
+        if self.val_subset < 1:
+            raise ConfigError("val_subset", f"must be >= 1, got {self.val_subset}")
+        if not 0 <= self.finish_share < 1:
+            raise ConfigError("finish_share", f"must be within [0, 1), got {self.finish_share}")
 
 
 @dataclass

@@ -59,3 +59,36 @@ def test_nan_counts_as_worst_and_bad_input_is_refused():
         promotes(9, table, MIN_MAX, eta=3)
     with pytest.raises(ValueError):
         nondominated_fronts({0: (1.0,)}, MIN_MAX)
+
+
+def test_accuracy_within_the_tolerance_ties_and_the_exact_objective_decides():
+    # (macs, top-1): 0.80 vs 0.79 is within a 5% tie; the smaller MACs then dominates.
+    table = {0: (100.0, 0.80), 1: (50.0, 0.79), 2: (60.0, 0.50)}
+    assert nondominated_fronts(table, MIN_MAX) == [[0, 1], [2]]
+    assert rank(table, MIN_MAX, tolerance=(0.0, 0.05))[0] == 1
+    assert not promotes(0, table, MIN_MAX, eta=3, tolerance=(0.0, 0.05)) and promotes(0, table, MIN_MAX, eta=3)
+    # Beyond the tolerance the accuracy still counts: 0.80 vs 0.50 is no tie.
+    assert rank(table, MIN_MAX, tolerance=(0.0, 0.05))[-1] == 2
+
+
+def test_to_finish_picks_the_best_stopped_trial_at_the_deepest_rung_once():
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from archsearch._rungs import to_finish
+
+    def t(number, state, rungs, stopped=None, spec=None):
+        attrs = {"rungs": {str(i): v for i, v in enumerate(rungs)}, "spec_hash": spec or f"s{number}"}
+        if stopped is not None:
+            attrs["stopped_at_rung"] = stopped
+        return SimpleNamespace(number=number, state=state, user_attrs=attrs, params={"n": number})
+
+    trials = [t(0, TrialState.COMPLETE, [(10, 0.5), (10, 0.7), (10, 0.8)]),
+              t(1, TrialState.PRUNED, [(5, 0.4)], stopped=0),
+              t(2, TrialState.PRUNED, [(8, 0.5), (8, 0.6)], stopped=1),
+              t(3, TrialState.PRUNED, [(12, 0.3), (12, 0.5)], stopped=1)]
+    assert to_finish(trials, MIN_MAX).number == 2  # rung 1 is the deepest any was stopped at; 2 beats 3 there
+    trials.append(t(4, TrialState.WAITING, [], spec="s2"))  # queued already: the next one
+    assert to_finish(trials, MIN_MAX).number == 3
+    assert to_finish([trials[0]], MIN_MAX) is None

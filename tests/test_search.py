@@ -523,6 +523,11 @@ def test_multi_fidelity_search_stops_trials_at_rungs(tmp_path):
     for t in stopped:
         i = t.user_attrs["stopped_at_rung"]
         assert sorted(t.user_attrs["rungs"]) == [str(j) for j in range(i + 1)] and i < 2
+    # The last quarter of the budget re-ran stopped trials of the provisional front to the full budget.
+    finishers = [t for t in complete if "finishes" in t.user_attrs]
+    assert finishers, "a stopped trial of the provisional front was trained to the full budget"
+    for t in finishers:
+        assert t.user_attrs["spec_hash"] == study.trials[t.user_attrs["finishes"]].user_attrs["spec_hash"]
     # Only full-budget trials can be on the front; the summary counts the saved training.
     from archsearch.pareto import pareto_rows
 
@@ -530,6 +535,34 @@ def test_multi_fidelity_search_stops_trials_at_rungs(tmp_path):
     s = result.rungs
     assert s["full_budget"] == len(complete) and sum(s["stopped_at"].values()) == len(stopped)
     assert 0 < s["saved_fraction"] < 1 and study.user_attrs["rung_summary"] == s
+
+
+def test_a_trial_promoted_across_rungs_builds_its_model_and_loads_its_data_once(tmp_path, monkeypatch):
+    import archsearch.proxy.train as train_module
+
+    counts = {"build_model": 0, "load_data": 0}
+
+    def counted(name):
+        real = getattr(train_module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in counts:
+        monkeypatch.setattr(train_module, name, counted(name))
+    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path / "cache"))  # a fresh cache: every trial trains
+    cfg = load_trials(_rung_experiment(tmp_path, n_trials=3), [RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]",
+                                                              "fidelity.finish_share=0"])
+    runner = SearchRunner(cfg)
+    study = runner.finish(runner.run()).study
+    trained = [t for t in study.trials if t.user_attrs.get("rungs")]
+    full = [t for t in trained if t.state == TrialState.COMPLETE and len(t.user_attrs["rungs"]) == 3]
+    assert full, "the first trial at each rung always goes on: one trial passed two rungs to the last"
+    # One model and one data set per trained trial, however many rungs it passed (no rung restarts anything).
+    assert counts == {"build_model": len(trained), "load_data": len(trained)}
 
 
 def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgres_dbs):

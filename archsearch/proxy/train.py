@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,27 @@ from ..spec import ArchSpec
 from ..options import TrainProxyConfig
 from .data import load_data
 
-__all__ = ["TrainProxyConfig", "TrainResult", "train_proxy"]
+__all__ = ["RungHook", "TrainProxyConfig", "TrainResult", "train_proxy"]
+
+
+@dataclass
+class RungHook:
+    """One training run decided at rung boundaries (a multi-fidelity search's trial, :mod:`archsearch._rungs`).
+
+    At each boundary but the last, the run's cheap signals (the training-loss sum so far, the last training
+    loss and, with ``val_subset``, top-1 and loss on that many validation images) go to ``decide(i, signals)``;
+    False stops the run there. The model, optimiser and data stay in memory from the first step to the
+    last, so a rung costs its steps and nothing else. The learning-rate schedule spans the last boundary
+    (one-cycle, as a plain training of that length): the run that reaches it is exactly a plain training,
+    and every trial at a rung is at the same point of the same schedule, so their signals compare.
+    """
+
+    boundaries: Sequence[int]
+    decide: Callable[[int, Dict[str, float]], bool]
+    #: Validation images scored at each boundary but the last (0: none; the last always uses the full set).
+    val_subset: int = 256
+    #: Written at each boundary but the last, so that a crashed trial's retry resumes there; read if present.
+    checkpoint: Optional[Path] = None
 
 
 @dataclass
@@ -41,6 +61,9 @@ class TrainResult:
     seconds: float = 0.0
     config: Dict[str, object] = field(default_factory=dict)
     trained_spec_hash: str = ""
+    #: With a :class:`RungHook`: the signals at each boundary passed, and the boundary that stopped the run.
+    boundaries: List[Dict[str, float]] = field(default_factory=list)
+    stopped_at: Optional[int] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,27 +80,49 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+    warnings.filterwarnings("ignore", message=".*have no `val_dataloader`.*")  # a rung run validates at its end only
     return stack
 
 
+def _resume_state(checkpoint: Optional[Path]) -> Optional[dict]:
+    """archsearch's part of a rung checkpoint (boundaries passed), or None when there is none to resume."""
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=False).get("archsearch") or None
+    except Exception:  # noqa: BLE001 - a damaged checkpoint (a crash while writing) is trained again from step 0
+        Path(checkpoint).unlink(missing_ok=True)
+        return None
+
+
 def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, trial=None,
-                schedule_steps: Optional[int] = None, checkpoint: Optional[Path] = None) -> TrainResult:
+                rungs: Optional[RungHook] = None) -> TrainResult:
     """Train ``cfg.scaled(spec)`` for ``cfg.steps`` steps and validate.
 
-    Rungs of a multi-fidelity search train one run in pieces: ``schedule_steps`` is the length of the
-    whole run (the one-cycle schedule spans it; default ``cfg.steps``), and ``checkpoint`` a file that, when
-    it exists, holds the run's state after an earlier piece (model, optimiser, schedule, step, loss sum):
-    training resumes from it up to ``cfg.steps`` and saves its state there again.
+    With ``rungs`` the run is decided at its boundaries (:class:`RungHook`; the last must be ``cfg.steps``)
+    and may stop early; a checkpoint left at a boundary by a crashed run is resumed from, its boundaries'
+    decisions replayed first.
     """
     import lightning as L
 
     cfg = config or TrainProxyConfig()
-    total = schedule_steps or cfg.steps
-    if total < cfg.steps:
-        raise ValueError(f"schedule_steps {total} < steps {cfg.steps}")
+    if rungs is not None and (not rungs.boundaries or rungs.boundaries[-1] != cfg.steps):
+        raise ValueError(f"the last rung boundary must be the training's {cfg.steps} steps, got {list(rungs.boundaries)}")
+    lower = {b: i for i, b in enumerate(rungs.boundaries[:-1])} if rungs is not None else {}
+    resumed = _resume_state(rungs.checkpoint) if rungs is not None else None
+    passed: List[Dict[str, float]] = []
+    if resumed is not None:
+        assert rungs is not None
+        for i, signals in enumerate(resumed.get("boundaries", [])):  # decided again: the study has moved on
+            passed.append(signals)
+            if not rungs.decide(i, signals):
+                return TrainResult(signals.get("val_top1", float("nan")), signals.get("val_loss", float("nan")),
+                                   signals["train_loss"], float("nan"), signals["loss_sum"], list(resumed.get("history", [])),
+                                   0.0, asdict(cfg), cfg.scaled(spec).spec_hash, passed, i)
     scaled = cfg.scaled(spec)
     train_set, val_set, num_classes = load_data(cfg, cfg.train_size, cfg.val_size)
     history: List[Dict[str, float]] = []
+    stopped: List[int] = []
 
     class ProxyModule(L.LightningModule):
         def __init__(self) -> None:
@@ -102,6 +147,38 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             self.log("train_loss", loss, prog_bar=True)
             return loss
 
+        def on_train_batch_end(self, _outputs, _batch, _batch_idx) -> None:
+            if self.global_step not in lower or len(passed) > lower[self.global_step]:
+                return
+            assert rungs is not None
+            i = lower[self.global_step]
+            signals = {"step": float(self.global_step), "loss_sum": self.loss_sum, "train_loss": self.last_train_loss}
+            if rungs.val_subset:
+                signals.update(self._subset_scores(rungs.val_subset))
+            passed.append(signals)
+            if rungs.checkpoint is not None:
+                _save_atomic(self.trainer, rungs.checkpoint)
+            if not rungs.decide(i, signals):
+                stopped.append(i)
+                self.trainer.should_stop = True
+
+        @torch.no_grad()
+        def _subset_scores(self, n: int) -> Dict[str, float]:
+            """Top-1 and loss on the first ``n`` validation images: a rung's look at accuracy, no full pass."""
+            was_training = self.model.training
+            self.model.eval()
+            loss, correct, seen = 0.0, 0, 0
+            for x, y in val_loader:
+                x, y = x[: n - seen].to(self.device), y[: n - seen].to(self.device)
+                logits = self.model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").item()
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                if seen >= n:
+                    break
+            self.model.train(was_training)
+            return {"val_top1": correct / seen, "val_loss": loss / seen, "val_images": float(seen)}
+
         def validation_step(self, batch, _):
             x, y = batch
             logits = self.model(x)
@@ -125,7 +202,8 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
 
         def on_save_checkpoint(self, state: dict) -> None:
             state["archsearch"] = {"loss_sum": self.loss_sum, "first_train_loss": self.first_train_loss,
-                                   "last_train_loss": self.last_train_loss, "history": list(history)}
+                                   "last_train_loss": self.last_train_loss, "history": list(history),
+                                   "boundaries": list(passed)}
 
         def on_load_checkpoint(self, state: dict) -> None:
             saved = state.get("archsearch", {})
@@ -136,7 +214,7 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
 
         def configure_optimizers(self):
             opt = torch.optim.AdamW(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     if len(train_set) < cfg.batch_size:  # every batch would be dropped: no step, and a score that means nothing
@@ -156,25 +234,34 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
             deterministic=False,
         )
         start = time.perf_counter()
-        resume = str(checkpoint) if checkpoint is not None and Path(checkpoint).exists() else None
+        resume = str(rungs.checkpoint) if resumed is not None and rungs is not None else None
         # Lightning answers Ctrl-C (and our SIGTERM) with sys.exit(1) and then ignores SIGINT: the caller
         # must see the interrupt itself, so that a search marks the trial and exits 130/143.
         with _interrupts.keep_sigint():
             try:
-                trainer.fit(module, train_loader, val_loader, ckpt_path=resume)
-                if not history or history[-1]["step"] != trainer.global_step:
+                # A rung run validates once, at its end: its boundaries score a subset themselves.
+                trainer.fit(module, train_loader, val_loader if rungs is None else None, ckpt_path=resume)
+                if not stopped and (not history or history[-1]["step"] != trainer.global_step):
                     trainer.validate(module, val_loader, verbose=False)
             except SystemExit:
                 if trainer.interrupted:
                     raise _interrupts.interruption() from None
                 raise
-        if checkpoint is not None:
-            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{checkpoint}.{os.getpid()}.tmp")
-            trainer.save_checkpoint(str(tmp))
-            tmp.replace(checkpoint)
+    seconds = time.perf_counter() - start
+    if stopped:
+        at = passed[stopped[0]]
+        return TrainResult(at.get("val_top1", float("nan")), at.get("val_loss", float("nan")), module.last_train_loss,
+                           module.first_train_loss, module.loss_sum, history, seconds, asdict(cfg), scaled.spec_hash,
+                           passed, stopped[0])
     final = history[-1]
     if trainer.global_step < cfg.steps:
         raise ConfigError("steps", f"training stopped after {trainer.global_step} of {cfg.steps} steps")
     return TrainResult(final["val_top1"], final["val_loss"], module.last_train_loss, module.first_train_loss,
-                       module.loss_sum, history, time.perf_counter() - start, asdict(cfg), scaled.spec_hash)
+                       module.loss_sum, history, seconds, asdict(cfg), scaled.spec_hash, passed)
+
+
+def _save_atomic(trainer, checkpoint: Path) -> None:
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{checkpoint}.{os.getpid()}.tmp")
+    trainer.save_checkpoint(str(tmp))
+    tmp.replace(checkpoint)

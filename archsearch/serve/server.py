@@ -110,8 +110,9 @@ class DeviceServer:
         self._running = threading.Lock()
         self._log_lock = threading.Lock()
         self.jobs = 0
-        self.httpd = ThreadingHTTPServer((options.host, options.port), _handler(self))
+        self.httpd = ThreadingHTTPServer((options.host, options.port), _Handler)
         self.httpd.daemon_threads = True
+        self.httpd.device = self  # type: ignore[attr-defined]  # what each request's handler serves
 
     @property
     def url(self) -> str:
@@ -186,108 +187,110 @@ class DeviceServer:
             self.httpd.server_close()
 
 
-def _handler(server: DeviceServer) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "archsearch-device-serve"
-        sys_version = ""
+class _Handler(BaseHTTPRequestHandler):
+    """One request: authorised first, then routed; the DeviceServer it serves is ``self.server.device``."""
+    protocol_version = "HTTP/1.1"
+    server_version = "archsearch-device-serve"
 
-        def log_message(self, format: str, *args: Any) -> None:  # the job log says what happened; no access log
-            pass
+    @property
+    def device(self) -> "DeviceServer":
+        return self.server.device  # type: ignore[attr-defined]
+    sys_version = ""
 
-        def _send(self, status: int, payload: Dict[str, Any], close: bool = False) -> None:
-            body = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            if status == 503:
-                self.send_header("Retry-After", "5")
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(body)
+    def log_message(self, format: str, *args: Any) -> None:  # the job log says what happened; no access log
+        pass
 
-        def _length(self) -> Optional[int]:
-            try:
-                n = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                return None
-            return n if n >= 0 else None
+    def _send(self, status: int, payload: Dict[str, Any], close: bool = False) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 503:
+            self.send_header("Retry-After", "5")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
 
-        def _drain(self) -> bool:
-            """Read and drop the body of a refused request; False when too large to drain (closed)."""
-            n = self._length() or 0
-            if n > _DRAIN_BYTES:
+    def _length(self) -> Optional[int]:
+        try:
+            n = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return None
+        return n if n >= 0 else None
+
+    def _drain(self) -> bool:
+        """Read and drop the body of a refused request; False when too large to drain (closed)."""
+        n = self._length() or 0
+        if n > _DRAIN_BYTES:
+            return False
+        while n > 0:
+            chunk = self.rfile.read(min(n, 1 << 20))
+            if not chunk:
                 return False
-            while n > 0:
-                chunk = self.rfile.read(min(n, 1 << 20))
-                if not chunk:
-                    return False
-                n -= len(chunk)
-            return True
+            n -= len(chunk)
+        return True
 
-        def _refuse(self, status: int, message: str, record: Optional[Dict[str, Any]] = None) -> None:
-            kept = self._drain() if self.command == "POST" else True
-            server.log({"client": self.client_address[0], "path": urlsplit(self.path).path, "status": status,
-                        "error": message, **(record or {})})
-            self._send(status, {"error": message}, close=not kept)
+    def _refuse(self, status: int, message: str, record: Optional[Dict[str, Any]] = None) -> None:
+        kept = self._drain() if self.command == "POST" else True
+        self.device.log({"client": self.client_address[0], "path": urlsplit(self.path).path, "status": status,
+                    "error": message, **(record or {})})
+        self._send(status, {"error": message}, close=not kept)
 
-        def _guarded(self, handle: Callable[[], None]) -> None:
-            try:
-                if not server.authorized(self.headers.get("Authorization")):
-                    return self._refuse(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-                handle()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            except Exception as e:  # noqa: BLE001 - never a traceback in a response; the job log keeps the type
-                server.log({"client": self.client_address[0], "status": 500, "error": type(e).__name__})
-                self._send(500, {"error": f"internal error ({type(e).__name__})"}, close=True)
+    def _guarded(self, handle: Callable[[], None]) -> None:
+        try:
+            if not self.device.authorized(self.headers.get("Authorization")):
+                return self._refuse(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+            handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as e:  # noqa: BLE001 - never a traceback in a response; the job log keeps the type
+            self.device.log({"client": self.client_address[0], "status": 500, "error": type(e).__name__})
+            self._send(500, {"error": f"internal error ({type(e).__name__})"}, close=True)
 
-        def do_GET(self) -> None:
-            def handle() -> None:
-                if urlsplit(self.path).path != DEVICE_PATH:
-                    return self._refuse(404, f"no such endpoint; GET {DEVICE_PATH}, POST {TIME_PATH}")
-                self._send(200, {"device": server.facts, "fingerprint": server.fingerprint})
-
-            self._guarded(handle)
-
-        def do_POST(self) -> None:
-            self._guarded(self._time)
-
-        def _time(self) -> None:
-            url = urlsplit(self.path)
-            if url.path != TIME_PATH:
+    def do_GET(self) -> None:
+        def handle() -> None:
+            if urlsplit(self.path).path != DEVICE_PATH:
                 return self._refuse(404, f"no such endpoint; GET {DEVICE_PATH}, POST {TIME_PATH}")
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                return self._refuse(411, "send the body with a Content-Length, not chunked")
-            length = self._length()
-            if length is None:
-                return self._refuse(411, "a job needs a Content-Length")
-            ctype = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
-            raw = ctype != "application/json"
-            if length > server.max_body(raw):
-                return self._refuse(413, f"body of {length} bytes is more than this server's {server.max_body(raw)}")
-            body = self.rfile.read(length)
-            try:
-                job = job_from_query(body, parse_qs(url.query), server.options.max_model_bytes) if raw \
-                    else job_from_json(body, server.options.max_model_bytes)
-            except JobError as e:
-                server.log({"client": self.client_address[0], "path": url.path, "status": e.status, "error": str(e)})
-                return self._send(e.status, {"error": str(e)})
-            status, answer = server.submit(job)
-            record: Dict[str, Any] = {"client": self.client_address[0], "path": url.path, "status": status,
-                                      "model_sha256": [hashlib.sha256(m).hexdigest() for m in job.models],
-                                      "shapes": [list(s) for s in job.shapes], "mode": job.mode, "repeats": job.repeats}
-            if status == 200:
-                record["median_ms"] = [round(statistics.median(t), 4) for t in answer["times_ms"]]
-                record["elapsed_s"] = answer["elapsed_s"]
-            else:
-                record["error"] = answer.get("error")
-            server.log(record)
-            server.announce(f"job {server.jobs}: {status} {'x'.join(map(str, job.shapes[0]))} "
-                            + (f"median {record['median_ms'][0]:.3g} ms ({answer['elapsed_s']:.1f} s)" if status == 200
-                               else str(answer.get('error'))))
-            self._send(status, answer)
+            self._send(200, {"device": self.device.facts, "fingerprint": self.device.fingerprint})
 
-    return Handler
+        self._guarded(handle)
+
+    def do_POST(self) -> None:
+        self._guarded(self._time)
+
+    def _time(self) -> None:
+        url = urlsplit(self.path)
+        if url.path != TIME_PATH:
+            return self._refuse(404, f"no such endpoint; GET {DEVICE_PATH}, POST {TIME_PATH}")
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._refuse(411, "send the body with a Content-Length, not chunked")
+        length = self._length()
+        if length is None:
+            return self._refuse(411, "a job needs a Content-Length")
+        ctype = self.headers.get("Content-Type", "application/octet-stream").split(";")[0].strip().lower()
+        raw = ctype != "application/json"
+        if length > self.device.max_body(raw):
+            return self._refuse(413, f"body of {length} bytes is more than this server's {self.device.max_body(raw)}")
+        body = self.rfile.read(length)
+        try:
+            job = job_from_query(body, parse_qs(url.query), self.device.options.max_model_bytes) if raw \
+                else job_from_json(body, self.device.options.max_model_bytes)
+        except JobError as e:
+            self.device.log({"client": self.client_address[0], "path": url.path, "status": e.status, "error": str(e)})
+            return self._send(e.status, {"error": str(e)})
+        status, answer = self.device.submit(job)
+        record: Dict[str, Any] = {"client": self.client_address[0], "path": url.path, "status": status,
+                                  "model_sha256": [hashlib.sha256(m).hexdigest() for m in job.models],
+                                  "shapes": [list(s) for s in job.shapes], "mode": job.mode, "repeats": job.repeats}
+        if status == 200:
+            record["median_ms"] = [round(statistics.median(t), 4) for t in answer["times_ms"]]
+            record["elapsed_s"] = answer["elapsed_s"]
+        else:
+            record["error"] = answer.get("error")
+        self.device.log(record)
+        self.device.announce(f"job {self.device.jobs}: {status} {'x'.join(map(str, job.shapes[0]))} "
+                        + (f"median {record['median_ms'][0]:.3g} ms ({answer['elapsed_s']:.1f} s)" if status == 200
+                           else str(answer.get('error'))))
+        self._send(status, answer)

@@ -58,3 +58,45 @@ def test_image_folder_data(tmp_path):
     assert 0.0 <= result.val_top1 <= 1.0
     with pytest.raises(ConfigError, match="not a directory"):
         train_proxy(get_reference("fastvit_t8").spec, TrainProxyConfig(data=str(tmp_path / "nope"), steps=1))
+
+
+def _rung_cfg(steps: int = 8) -> TrainProxyConfig:
+    return TrainProxyConfig(data="digits", width_mult=0.125, max_depth=1, resolution=32, steps=steps, batch_size=16,
+                            train_size=128, val_size=64)
+
+
+def test_a_rung_run_stops_where_it_is_told_without_a_full_validation():
+    from archsearch.proxy.train import RungHook
+
+    seen = []
+
+    def stop_at_1(i, signals):
+        seen.append((i, signals))
+        return i < 1
+
+    r = train_proxy(get_reference("fastvit_t8").spec, _rung_cfg(), rungs=RungHook([2, 4, 8], stop_at_1, val_subset=16))
+    assert [i for i, _ in seen] == [0, 1] and r.stopped_at == 1 and len(r.boundaries) == 2
+    assert [s["step"] for _, s in seen] == [2.0, 4.0] and seen[1][1]["val_images"] == 16
+    assert r.val_top1 == seen[1][1]["val_top1"] and r.loss_sum == seen[1][1]["loss_sum"]
+    assert r.history == [], "a stopped run never validated on the full set"
+
+
+def test_a_crashed_rung_run_resumes_from_its_last_boundary(tmp_path):
+    from archsearch.proxy.train import RungHook
+
+    ckpt, seen = tmp_path / "run.ckpt", []
+
+    def crash_at_1(i, signals):
+        seen.append(signals)
+        if i == 1:
+            raise RuntimeError("the worker died")
+        return True
+
+    spec = get_reference("fastvit_t8").spec
+    with pytest.raises(RuntimeError):
+        train_proxy(spec, _rung_cfg(), rungs=RungHook([2, 4, 8], crash_at_1, val_subset=16, checkpoint=ckpt))
+    assert ckpt.exists(), "the checkpoint of boundary 1 was written before its decision"
+    replayed = []
+    r = train_proxy(spec, _rung_cfg(), rungs=RungHook([2, 4, 8], lambda i, s: replayed.append(s) or True, 16, ckpt))
+    assert replayed == seen, "the boundaries passed before the crash are decided again, from the checkpoint"
+    assert r.stopped_at is None and r.history[-1]["step"] == 8 and len(r.boundaries) == 2
