@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,6 +28,7 @@ from .._timing import MAX_BURST, Timed
 from ..errors import ConfigError
 from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
 from ..spec import ArchSpec, Resolution, parse_resolution
+from ._export import export_onnx
 from ._heap import heap_mode, retained_heap
 from .device import device_fingerprint, device_info
 
@@ -41,7 +40,6 @@ __all__ = [
     "LatencySampler",
     "LatencyStats",
     "compare_latency",
-    "export_onnx",
     "latency_device",
     "latency_sampler",
     "measure_latency",
@@ -148,15 +146,6 @@ def _prepare_cuda(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Time
         return start.elapsed_time(end)
 
     return Timed(run=run, sync=torch.cuda.synchronize, timer=timer)
-
-
-def export_onnx(model: nn.Module, x: torch.Tensor) -> bytes:
-    """The ONNX bytes of ``model`` on input ``x`` (input ``x``, output ``y``, weights inside the file)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        # The TorchScript exporter: the default (dynamo) one needs onnxscript, which we do not ship.
-        torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
-        return path.read_bytes()
 
 
 def _prepare_onnxruntime(model: nn.Module, x: torch.Tensor, cfg: LatencyConfig) -> Timed:

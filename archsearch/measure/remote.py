@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import MeasurementError
+from ._export import export_onnx
 from ..options import LatencyConfig
 from ..serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV, Job, job_query, job_to_json
 
@@ -71,8 +72,6 @@ class RemoteBackend:
             return _devices[cfg.url]
 
     def open(self, pairs: Sequence[Tuple[nn.Module, torch.Tensor]], cfg: LatencyConfig) -> "RemoteSession":
-        from .latency import export_onnx
-
         facts, fingerprint = self.device(cfg)
         models = [export_onnx(m.eval(), x) for m, x in pairs]
         return RemoteSession(models, [tuple(x.shape) for _, x in pairs], facts, fingerprint)
