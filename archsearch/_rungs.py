@@ -186,8 +186,6 @@ def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: i
     import optuna
     from optuna.trial import TrialState
 
-    from .proxy.train import RungHook
-
     names = [o.name for o in objectives]
     directions = [o.direction for o in objectives]
     tolerance = tolerances(fidelity, names)
@@ -214,8 +212,7 @@ def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: i
 
     checkpoint = _checkpoint_for(checkpoint_dir, f"{spec.spec_hash}-{resolution}-{'-'.join(map(str, fidelity.rungs))}")
     try:
-        subset = fidelity.val_subset if fidelity.metric == "train_top1" else 0
-        result = measurer.train_with_rungs(spec, resolution, RungHook(fidelity.rungs, decide, subset, checkpoint))
+        result = measurer.train_with_rungs(spec, resolution, _hook(fidelity, decide, checkpoint))
     finally:
         for leftover in (checkpoint, *checkpoint.parent.glob(f"{checkpoint.name}.*.tmp")):
             leftover.unlink(missing_ok=True)
@@ -224,8 +221,23 @@ def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: i
         trial.set_user_attr(ATTR_STOPPED_AT, at)
         trial.set_user_attr("metrics", values)
         raise optuna.TrialPruned(f"stopped at rung {at} ({fidelity.rungs[at]} steps): not in the top 1/{fidelity.eta} there")
-    record(len(fidelity.rungs) - 1, result[field])
+    record(len(fidelity.rungs) - 1, _final(fidelity, result))
     return values
+
+
+def _hook(fidelity, decide, checkpoint=None):
+    from .proxy.train import RungHook
+
+    return RungHook(fidelity.rungs, decide, fidelity.val_subset if fidelity.metric == "train_top1" else 0, checkpoint)
+
+
+def _final(fidelity, result: dict) -> float:
+    return float(result["val_top1"] if fidelity.metric == "train_top1" else result["loss_sum"])
+
+
+def train_reference(measurer, fidelity, spec, resolution: int) -> float:
+    """A reference's fidelity metric at the full budget, from the same (cached) run a trial of it gets."""
+    return _final(fidelity, measurer.train_with_rungs(spec, resolution, _hook(fidelity, lambda _i, _s: True)))
 
 
 def _checkpoint_for(directory, run: str):

@@ -128,6 +128,19 @@ class SearchRunner:
                               resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study),
                               finishing=ATTR_FINISHES in trial.user_attrs)
 
+    def _evaluate_reference(self, spec: ArchSpec, resolution: int) -> Dict[str, float]:
+        """A reference's values; in a rung study its training is the rung run every trial gets, never stopped,
+        so that its enqueued trial replays the cached run instead of training it a second time."""
+        f = self.cfg.fidelity
+        if f is None or not isinstance(spec, ArchSpec):
+            return self.evaluate(spec, resolution)
+        from ._rungs import train_reference
+
+        cheap = [n for n in self._metric_names() if n != f.metric]
+        values, _ = self.measurer.values(spec, resolution, cheap) if cheap else ({}, {})
+        values[f.metric] = train_reference(self.measurer, f, spec, resolution)
+        return values
+
     def _violations(self, values: Dict[str, float]) -> List[float]:
         out = []
         for c in self.cfg.constraints:
@@ -185,7 +198,7 @@ class SearchRunner:
             refs = []
             for spec, res in self.references:
                 try:
-                    values = self.evaluate(spec, res)
+                    values = self._evaluate_reference(spec, res)
                 except Exception as e:  # noqa: BLE001 - a reference that cannot be measured must not stop the study
                     self.warn(f"reference {spec.name or spec.spec_hash} at {res} px not evaluated: {type(e).__name__}: {e}")
                     continue

@@ -1,5 +1,7 @@
 """What a rung costs besides its training steps, before and after one-run-per-trial rungs.
 
+    python benchmarks/bench_rung_cost.py --repeats 2
+
 Before (sessions 7-8), every rung was a fresh training call: data, model build, checkpoint reload, full
 validation. Now a trial is one run and a rung boundary costs a subset validation (and a checkpoint
 write for crash recovery). Measured on one spec, interleaved over --repeats rounds, one thread:
@@ -36,7 +38,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default="fastvithd")
-    p.add_argument("--resolution", type=int, default=256, help="candidate resolution (glyphs: input side 1/8 of it)")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--side", type=int, default=64, help="training input side (the multi-fidelity benchmark's 64 px)")
     p.add_argument("--rungs", default="20,60,180")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rung_cost")
@@ -46,7 +49,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rungs = [int(x) for x in args.rungs.split(",")]
     spec = get_reference(args.spec).spec
-    base = TrainProxyConfig(data="glyphs", batch_size=32, train_size=4000, val_size=1000).for_candidate(args.resolution)
+    base = TrainProxyConfig(data=args.data, resolution=args.side, batch_size=32, train_size=4000, val_size=500)
     short, long = rungs[0], rungs[-1]
 
     def timed(steps: int, hook=None) -> float:
@@ -67,18 +70,18 @@ def main() -> None:
     per_step = (med["plain_long_s"] - med["plain_short_s"]) / (long - short)
     before = med["plain_short_s"] - short * per_step
     after = (med["rungs_long_s"] - med["plain_long_s"]) / (len(rungs) - 1)
-    summary = {"spec": args.spec, "resolution": args.resolution, "input_side": base.resolution, "rungs": rungs,
+    summary = {"spec": args.spec, "data": args.data, "input_side": base.resolution, "rungs": rungs,
                "per_step_s": round(per_step, 4), "fixed_cost_per_fresh_call_s": round(before, 3),
                "cost_per_boundary_now_s": round(after, 3), "medians": med, "rounds": rows}
     md = f"""# What a rung costs besides its steps
 
-{args.spec} (quarter width, depth cap 4) on glyphs at {base.resolution} px (candidate {args.resolution} px), batch 32,
-4000 training / 1000 validation images, one thread, medians of {args.repeats} interleaved rounds.
+{args.spec} (quarter width, depth cap 4) on {args.data} at {base.resolution} px, batch 32, 4000 training / 500
+validation images (the multi-fidelity benchmark's training), one thread, medians of {args.repeats} interleaved rounds.
 
 | | seconds |
 | --- | --- |
 | one training step | {per_step:.3f} |
-| **before**: fixed cost of each rung (a fresh training call: data, build, full validation) | **{before:.2f}** |
+| **before**: fixed cost of each rung, at least (a fresh training call: data, build, full validation; the checkpoint reload and save it also paid are not in it) | **{before:.2f}** |
 | **now**: cost of a rung boundary (256-image validation, checkpoint write) | **{after:.2f}** |
 
 A {short}-step first rung cost {short * per_step + before:.1f} s before ({(short * per_step + before) / (long * per_step + before):.0%} of a {long}-step
