@@ -1,21 +1,19 @@
 """What a rung costs besides its training steps, before and after one-run-per-trial rungs.
 
-    python benchmarks/bench_rung_cost.py --repeats 2
+Before (sessions 7-8), every rung was a fresh training call: data, model build, Lightning set-up, full
+validation (and a checkpoint reload and save, not counted here). Now a trial is one run and a rung
+boundary costs a subset validation and a checkpoint write, timed inside the run (``boundary_s`` in each
+boundary's signals). Measured on one spec, one thread:
 
-Before (sessions 7-8), every rung was a fresh training call: data, model build, checkpoint reload, full
-validation. Now a trial is one run and a rung boundary costs a subset validation (and a checkpoint
-write for crash recovery). Measured on one spec, interleaved over --repeats rounds, one thread:
+* before: the wall-clock of a fresh 1-step training call, minus one step (the rung run's mean step time);
+* now: the median ``boundary_s`` over the boundaries of --repeats rung runs.
 
-* per-step cost: (T(long) - T(short)) / (long - short) of plain fresh trainings;
-* fixed cost of a fresh training call (what each rung paid before): T(short) - short x per-step;
-* cost of a boundary now: (T(rung run with boundaries) - T(plain run of the same steps)) / boundaries.
-
-    python benchmarks/bench_rung_cost.py --out benchmarks/results/rung_cost
+    python benchmarks/bench_rung_cost.py --repeats 3
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -28,8 +26,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def main() -> None:
-    import dataclasses
-
     import torch
 
     from archsearch.options import TrainProxyConfig
@@ -50,42 +46,40 @@ def main() -> None:
     rungs = [int(x) for x in args.rungs.split(",")]
     spec = get_reference(args.spec).spec
     base = TrainProxyConfig(data=args.data, resolution=args.side, batch_size=32, train_size=4000, val_size=500)
-    short, long = rungs[0], rungs[-1]
-
-    def timed(steps: int, hook=None) -> float:
-        cfg = dataclasses.replace(base, steps=steps)
-        start = time.perf_counter()
-        train_proxy(spec, cfg, rungs=hook)
-        return time.perf_counter() - start
-
-    timed(short)  # warm: the glyph renderings are cached on disk, imports loaded
-    rows = []
+    fresh, boundary, step = [], [], []
+    train_proxy(spec, dataclasses.replace(base, steps=1))  # warm: imports, data decoded once into the OS cache
     for r in range(args.repeats):
+        start = time.perf_counter()
+        train_proxy(spec, dataclasses.replace(base, steps=1))
+        fresh.append(time.perf_counter() - start)
         with tempfile.TemporaryDirectory() as tmp:
             hook = RungHook(rungs, lambda _i, _s: True, val_subset=256, checkpoint=Path(tmp) / "run.ckpt")
-            row = {"round": r, "plain_short_s": timed(short), "plain_long_s": timed(long), "rungs_long_s": timed(long, hook)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    med = {k: statistics.median(r[k] for r in rows) for k in ("plain_short_s", "plain_long_s", "rungs_long_s")}
-    per_step = (med["plain_long_s"] - med["plain_short_s"]) / (long - short)
-    before = med["plain_short_s"] - short * per_step
-    after = (med["rungs_long_s"] - med["plain_long_s"]) / (len(rungs) - 1)
-    summary = {"spec": args.spec, "data": args.data, "input_side": base.resolution, "rungs": rungs,
-               "per_step_s": round(per_step, 4), "fixed_cost_per_fresh_call_s": round(before, 3),
-               "cost_per_boundary_now_s": round(after, 3), "medians": med, "rounds": rows}
+            result = train_proxy(spec, dataclasses.replace(base, steps=rungs[-1]), rungs=hook)
+        costs = [b["boundary_s"] for b in result.boundaries]
+        boundary += costs
+        step.append((result.seconds - sum(costs)) / rungs[-1])
+        print(f"round {r}: fresh 1-step call {fresh[-1]:.2f} s, boundaries {[round(c, 2) for c in costs]} s, "
+              f"step {step[-1]:.3f} s", flush=True)
+    per_step = statistics.median(step)
+    before = statistics.median(fresh) - per_step
+    now = statistics.median(boundary)
+    summary = {"spec": args.spec, "data": args.data, "input_side": args.side, "rungs": rungs, "per_step_s": round(per_step, 4),
+               "fixed_cost_per_rung_before_s": round(before, 3), "cost_per_boundary_now_s": round(now, 3),
+               "fresh_call_s": fresh, "boundary_s": boundary, "step_s": step}
+    first = rungs[0]
     md = f"""# What a rung costs besides its steps
 
-{args.spec} (quarter width, depth cap 4) on {args.data} at {base.resolution} px, batch 32, 4000 training / 500
-validation images (the multi-fidelity benchmark's training), one thread, medians of {args.repeats} interleaved rounds.
+{args.spec} (quarter width, depth cap 4) on {args.data} at {args.side} px, batch 32, 4000 training / 500 validation
+images (the multi-fidelity benchmark's training), one thread, {args.repeats} rounds, medians.
 
 | | seconds |
 | --- | --- |
-| one training step | {per_step:.3f} |
-| **before**: fixed cost of each rung, at least (a fresh training call: data, build, full validation; the checkpoint reload and save it also paid are not in it) | **{before:.2f}** |
-| **now**: cost of a rung boundary (256-image validation, checkpoint write) | **{after:.2f}** |
+| one training step (in the rung runs) | {per_step:.3f} |
+| **before**: fixed cost of each rung, at least (a fresh training call: data, build, Lightning, full validation; not its checkpoint reload and save) | **{before:.2f}** |
+| **now**: cost of a rung boundary (top-1 on 256 validation images, checkpoint write), timed inside the run | **{now:.2f}** |
 
-A {short}-step first rung cost {short * per_step + before:.1f} s before ({(short * per_step + before) / (long * per_step + before):.0%} of a {long}-step
-training) and costs {short * per_step + after:.1f} s now ({(short * per_step + after) / (long * per_step + before):.0%}); rungs {rungs}.
+A {first}-step first rung cost {first * per_step + before:.1f} s before ({(first * per_step + before) / (rungs[-1] * per_step + before):.0%} of a
+{rungs[-1]}-step training) and {first * per_step + now:.1f} s now ({(first * per_step + now) / (rungs[-1] * per_step + before):.0%}); rungs {rungs}.
 """
     _common.RESULTS = args.out.parent
     _common.write(args.out.name, {"stamp": _common.stamp(), "summary": summary}, md)
