@@ -38,6 +38,7 @@ def test_attention_variants():
         assert set(tail) <= {"attention"} and all((s.pos_enc == "cpe") == (s.token_mixer == "attention") for s in v.stages)
 
 
+@pytest.mark.slow
 def test_quick_ablation_end_to_end(tmp_path, capsys):
     cfg = _quick(tmp_path, "ablate_downsampling")
     assert cfg.resolutions == [64, 128] and "ttft" not in cfg.metrics
@@ -64,6 +65,7 @@ def test_quick_ablation_end_to_end(tmp_path, capsys):
     assert len(client.search_runs([exp.experiment_id])) == 1 + 6  # parent + one per (variant, resolution)
 
 
+@pytest.mark.slow
 def test_ablate_cli(tmp_path, capsys):
     assert main(["ablate", str(ROOT / "trials" / "ablate_attention.yaml"), "--out", str(tmp_path / "a"), "--quick",
                  "--report", f"tracking.uri=sqlite:///{tmp_path}/m.db", "measure.latency.threads=1"]) == 0
@@ -95,6 +97,7 @@ def test_bad_ablations(edit, expected):
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_report_on_a_study(tmp_path):
     from archsearch.search import SearchRunner
     from archsearch.trials import load_trials

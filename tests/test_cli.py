@@ -83,6 +83,7 @@ def test_unknown_command_exits_2():
     assert info.value.code == 2
 
 
+@pytest.mark.slow
 def test_measure_json_rows(capsys):
     rows = _json(capsys, "measure", "fastvithd", "fastvit_sa12", "-r", "256,512", "-m", "params,macs,tokens", "--json")
     assert [(r["spec"], r["resolution"]) for r in rows] == [
@@ -94,6 +95,7 @@ def test_measure_json_rows(capsys):
     assert rows[3]["tokens"] == 4 * hd512["tokens"]
 
 
+@pytest.mark.slow
 def test_measure_latency_and_ttft(tmp_path, capsys):
     from .conftest import TINY_LLM_YAML
     from archsearch.references import get_reference
@@ -119,6 +121,7 @@ def test_measure_latency_and_ttft(tmp_path, capsys):
     assert "1 threads, median of 3" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_calibrate(tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text(
@@ -175,6 +178,7 @@ def _run_piped(args, cwd, timeout=600):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_search_prints_one_line_per_finished_trial_and_no_warnings(tmp_path):
     # Run from another directory: the experiment's relative paths resolve from the experiment file.
     proc = _run_piped(["search", *Q, "n_trials=6"], tmp_path)
@@ -192,6 +196,7 @@ def test_search_prints_one_line_per_finished_trial_and_no_warnings(tmp_path):
     assert _run_piped(["search", *Q, "n_trials=6", "--quiet"], tmp_path).stderr == ""
 
 
+@pytest.mark.slow
 def test_ablate_prints_one_line_per_unit(tmp_path):
     proc = _run_piped(["ablate", str(ROOT / "trials" / "ablate_downsampling.yaml"), "--out", str(tmp_path / "a"), "--quick",
                        "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path)

@@ -77,6 +77,7 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path):
     bad_space = tmp_path / "space.yaml"
     bad_space.write_text(BAD_SPACES[1][1])

@@ -24,6 +24,7 @@ def test_statistics_on_hand_made_rankings():
     assert lo <= 1.0 <= hi + 1e-9
 
 
+@pytest.mark.slow
 def test_small_study_runs_resumes_and_reports(tmp_path):
     write_fashion(tmp_path / "fm", n_train=64, n_val=32)
     plan = fidelity.FidelityPlan(

@@ -43,6 +43,7 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 # --- YAML ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_alias_bomb_is_refused_at_once_everywhere(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match="expands to more than"):
@@ -82,6 +83,7 @@ def test_recursive_deep_and_oversized_yaml(tmp_path):
 
 # --- damaged caches ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_damaged_measurement_cache_is_set_aside(tmp_path):
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
     assert _cli(["measure", "fastvit_t8", "-r", "64", "-m", "params", "--json"], tmp_path, env).returncode == 0
@@ -100,6 +102,7 @@ def test_damaged_measurement_cache_is_set_aside(tmp_path):
     assert proc.returncode == 0 and not proc.stderr.strip()
 
 
+@pytest.mark.slow
 def test_damaged_cache_during_a_search_does_not_fail_trials(tmp_path):
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
     (tmp_path / "cache").mkdir()
@@ -130,6 +133,7 @@ def test_damaged_latency_table_is_set_aside(tmp_path, caplog):
 
 # --- absurd sizes ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_memory_and_size_refusals(tmp_path):
     _one_line_error(_cli(["measure", "fastvit_t8", "-r", "100000", "-m", "latency"], tmp_path), "resolution", "16384")
     t0 = time.perf_counter()
@@ -280,6 +284,7 @@ def _alarm(signum, frame):  # noqa: ARG001
 
 @settings(max_examples=240, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.slow
 @given(case=_mutated())
 def test_fuzz_mutated_yaml_gives_clean_results_or_one_line_errors(tmp_path, capsys, case):
     kind, text = case

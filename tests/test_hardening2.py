@@ -74,6 +74,7 @@ def test_secrets_in_a_query_string_are_masked(capsys):
 
 # --- runs that complete nothing, trainings that cannot train --------------------------------------------------
 
+@pytest.mark.slow
 def test_a_run_that_completed_no_trial_exits_non_zero(tmp_path):
     # On a CPU machine every latency trial fails; an invalid sample is PRUNED: still nothing completed.
     args = [*Q, "objectives=[{name: params}, {name: latency_ms}]", "measure.latency.backend=cuda",
@@ -210,6 +211,7 @@ def test_report_on_good_results_still_works(capsys, tmp_path):
     assert (d / "report.md").read_text().startswith("# Ablation x")
 
 
+@pytest.mark.slow
 def test_overwrite_keeps_the_users_own_files_and_names_are_escaped(capsys, tmp_path):
     db = f"sqlite:///{tmp_path}/s.db"
     name = "evil\n<b>name</b>"
@@ -241,6 +243,7 @@ LAT = [QUICKSTART, "tracking.enabled=false", "enqueue=[]", "objectives=[{name: p
     ("measure.latency.channels_last=true", "measure.latency.channels_last"),
     ("constraints=[{metric: tokens, max: 16}]", "constraints"),
 ])
+@pytest.mark.slow
 def test_a_study_resumed_under_other_conditions_is_refused(capsys, tmp_path, change, key):
     db = f"sqlite:///{tmp_path}/c.db"
     assert main(["search", *LAT, "measure.latency.threads=1", "n_trials=2", "--storage", db, "-q"]) == 0
@@ -257,6 +260,7 @@ def test_a_study_resumed_under_other_conditions_is_refused(capsys, tmp_path, cha
                  "-q"]) == 0
 
 
+@pytest.mark.slow
 def test_resuming_does_not_replay_the_seeded_sampler(tmp_path):
     import optuna
 
@@ -306,6 +310,7 @@ def test_a_full_disk_for_outputs_is_one_line_and_leaves_no_cut_file(capsys, tmp_
     assert not [p for p in (tmp_path / "p").iterdir() if p.suffix in (".md", ".csv") and p.stat().st_size == 0]
 
 
+@pytest.mark.slow
 def test_an_unreachable_mlflow_database_costs_seconds_and_one_warning(tmp_path):
     import time
 

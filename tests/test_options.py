@@ -2,6 +2,8 @@
 Python callers agree; archsearch leaves the caller's process-wide state as it found it."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -67,6 +69,7 @@ print(json.dumps([before, after_import, state()]))
 """
 
 
+@pytest.mark.slow
 def test_import_and_measurement_leave_global_state_as_it_was(tmp_path):
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     import os

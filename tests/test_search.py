@@ -24,6 +24,9 @@ from archsearch.trials import load_trials
 
 from .conftest import ROOT
 
+#: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
+pytestmark = pytest.mark.slow
+
 SPACE = """
 name: tiny
 resolution: [32, 64]

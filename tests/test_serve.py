@@ -23,6 +23,9 @@ from archsearch.serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV
 
 from .test_search import SPACE
 
+#: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
+pytestmark = pytest.mark.slow
+
 TOKEN = "test-token-" + "x7Qz" * 8
 
 

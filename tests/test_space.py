@@ -19,6 +19,7 @@ def test_shipped_spaces_exist():
     assert {p.stem for p in SPACES} >= {"fastvithd", "fastvit"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("space_path", SPACES, ids=lambda p: p.stem)
 def test_200_sampled_specs_build_to_their_predicted_grid(space_path):
     space = load_space(space_path)

@@ -46,6 +46,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_search_against_a_tracking_server_prints_no_mlflow_lines(tmp_path, mlflow_server):
     path = _experiment(tmp_path, n_trials=4, tracking=mlflow_server)
     out = subprocess.run([sys.executable, "-m", "archsearch.cli", "search", str(path)], cwd=tmp_path, env=_env(tmp_path),

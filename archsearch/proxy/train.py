@@ -152,12 +152,14 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
                 return
             assert rungs is not None
             i = lower[self.global_step]
+            start = time.perf_counter()
             signals = {"step": float(self.global_step), "loss_sum": self.loss_sum, "train_loss": self.last_train_loss}
             if rungs.val_subset:
                 signals.update(self._subset_scores(rungs.val_subset))
             passed.append(signals)
             if rungs.checkpoint is not None:
                 _save_atomic(self.trainer, rungs.checkpoint)
+            signals["boundary_s"] = time.perf_counter() - start  # what the rung cost besides its steps
             if not rungs.decide(i, signals):
                 stopped.append(i)
                 self.trainer.should_stop = True

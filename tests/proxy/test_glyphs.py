@@ -2,6 +2,8 @@
 and the side rule that makes accuracy follow the candidate's resolution."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -61,6 +63,7 @@ def test_the_side_rule_follows_the_candidate_resolution():
     assert TrainProxyConfig(data="glyphs", min_side=48).for_candidate(256).resolution == 48
 
 
+@pytest.mark.slow
 def test_measure_names_the_input_side_it_trained(tmp_path):
     # The Done-when command, scaled down: two resolutions, two sides, named in each row's conditions.
     args = ["measure", "fastvit_t8", "-r", "256,512", "-m", "train_top1", "measure.train.data=glyphs", "train.steps=2",

@@ -29,6 +29,7 @@ def test_digit_canvas_is_deterministic_and_sized():
         DigitCanvas(1, canvas=32, digit_px=40)
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss():
     # A tiny budget on a small fixed training set: the optimisation itself must work (the loss falls).
     # Generalising to unseen canvases takes far longer (see the closing note of issue 4).
@@ -98,5 +99,8 @@ def test_a_crashed_rung_run_resumes_from_its_last_boundary(tmp_path):
     assert ckpt.exists(), "the checkpoint of boundary 1 was written before its decision"
     replayed = []
     r = train_proxy(spec, _rung_cfg(), rungs=RungHook([2, 4, 8], lambda i, s: replayed.append(s) or True, 16, ckpt))
-    assert replayed == seen, "the boundaries passed before the crash are decided again, from the checkpoint"
+    def signals(xs):  # boundary_s: what the boundary took in that run (the checkpoint holds it without)
+        return [{k: v for k, v in x.items() if k != "boundary_s"} for x in xs]
+
+    assert signals(replayed) == signals(seen), "the boundaries passed before the crash are decided again, from the checkpoint"
     assert r.stopped_at is None and r.history[-1]["step"] == 8 and len(r.boundaries) == 2
