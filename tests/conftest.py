@@ -26,8 +26,7 @@ def _private_cache(tmp_path_factory):
 def _deterministic_torch():
     # Random-init FastViT nets produce denormals; flushing keeps CPU time stable and tests fast.
     torch.set_flush_denormal(True)
-    # Under pytest-xdist each of the two workers takes one core; alone, the suite takes both.
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    torch.set_num_threads(2)
     yield
 
 
