@@ -33,6 +33,7 @@ __all__ = ["DeviceServer", "ServeOptions", "device_facts"]
 
 #: A refused body is read and dropped up to this size, so that the client sees the answer, not a reset.
 _DRAIN_BYTES = 64 << 20
+_DRAIN_UNAUTHORISED_BYTES = 1 << 20
 _JSON_SLACK = 64 << 10
 
 
@@ -220,10 +221,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return n if n >= 0 else None
 
-    def _drain(self) -> bool:
-        """Read and drop the body of a refused request; False when too large to drain (closed)."""
+    def _drain(self, cap: int) -> bool:
+        """Read and drop the body of a refused request; False when over ``cap`` (the connection is closed)."""
         n = self._length() or 0
-        if n > _DRAIN_BYTES:
+        if n > cap:
             return False
         while n > 0:
             chunk = self.rfile.read(min(n, 1 << 20))
@@ -233,7 +234,9 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _refuse(self, status: int, message: str, record: Optional[Dict[str, Any]] = None) -> None:
-        kept = self._drain() if self.command == "POST" else True
+        # A client without the token gets its answer only if its body is small: the server reads no more for it.
+        cap = _DRAIN_UNAUTHORISED_BYTES if status == 401 else _DRAIN_BYTES
+        kept = self._drain(cap) if self.command == "POST" else True
         self.device.log({"client": self.client_address[0], "path": urlsplit(self.path).path, "status": status,
                     "error": message, **(record or {})})
         self._send(status, {"error": message}, close=not kept)
