@@ -149,14 +149,17 @@ def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[f
     return None
 
 
-def queue_finisher(study, fidelity, objectives, budget: int, counted: int) -> None:
-    """In the last ``finish_share`` of the budget (``counted`` trials used of ``budget``), queue a stopped trial
-    of the provisional front to train to the full budget (:func:`to_finish`), one at a time, so that the final
-    front is made of full-budget trials rather than of the few that won every rung early on."""
+def queue_finisher(study, fidelity, objectives, budget: int, counted: int, elapsed_share: float = 0.0) -> None:
+    """In the last ``finish_share`` of the budget (``counted`` trials used of ``budget``, or ``elapsed_share`` of
+    a study's ``timeout_s`` gone), queue a stopped trial of the provisional front to train to the full budget
+    (:func:`to_finish`), one at a time, so that the final front is made of full-budget trials rather than of
+    the few that won every rung early on."""
     from optuna.trial import TrialState
 
-    slots = round(fidelity.finish_share * budget)
-    if not slots or counted < budget - slots:
+    share = fidelity.finish_share
+    slots = round(share * budget)
+    late = share > 0 and elapsed_share >= 1 - share
+    if not late and (not slots or counted < budget - slots):
         return
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.WAITING for t in trials):

@@ -287,7 +287,8 @@ class SearchRunner:
                 if self.cfg.fidelity is not None:
                     from ._rungs import queue_finisher
 
-                    queue_finisher(self.study, self.cfg.fidelity, self.cfg.objectives, budget, counted)
+                    elapsed = (time.monotonic() - started) / self.cfg.timeout_s if self.cfg.timeout_s else 0.0
+                    queue_finisher(self.study, self.cfg.fidelity, self.cfg.objectives, budget, counted, elapsed)
                 trial_started = time.monotonic()
                 try:
                     # One trial per call, not optimize(n_trials=N): each call fails stale trials and starts the

@@ -92,3 +92,29 @@ def test_to_finish_picks_the_best_stopped_trial_at_the_deepest_rung_once():
     trials.append(t(4, TrialState.WAITING, [], spec="s2"))  # queued already: the next one
     assert to_finish(trials, MIN_MAX).number == 3
     assert to_finish([trials[0]], MIN_MAX) is None
+
+
+def test_a_timed_study_finishes_its_front_in_the_last_share_of_its_time():
+    from types import SimpleNamespace
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from archsearch._rungs import queue_finisher
+    from archsearch.trials import FidelityConfig
+
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    for n, (macs, acc) in enumerate([(5.0, 0.4), (8.0, 0.6)]):
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"w": n}, distributions={"w": CategoricalDistribution([0, 1])},
+                                     user_attrs={"rungs": {"0": [macs, acc]}, "stopped_at_rung": 0, "spec_hash": f"s{n}"}))
+    fidelity = FidelityConfig(metric="train_top1", rungs=[2, 4], finish_share=0.25)
+    objectives = [SimpleNamespace(name="macs", direction="minimize"), SimpleNamespace(name="train_top1", direction="maximize")]
+    # A search bounded by time (n_trials huge): nothing is queued early in its time, one trial late in it.
+    queue_finisher(study, fidelity, objectives, budget=100000, counted=2, elapsed_share=0.5)
+    assert not study.get_trials(states=(TrialState.WAITING,))
+    queue_finisher(study, fidelity, objectives, budget=100000, counted=2, elapsed_share=0.8)
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    # The best stopped trial of the front (both are non-dominated; the earlier wins the tie): its params, fixed.
+    assert waiting.user_attrs["finishes"] in (0, 1)
+    assert waiting.system_attrs["fixed_params"] == {"w": waiting.user_attrs["finishes"]}
