@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from .._timing import MAX_BURST
 from ..errors import MeasurementError
 from ._export import export_onnx
 from ..options import LatencyConfig
@@ -84,7 +85,7 @@ class RemoteSession:
     device: Dict[str, Any]
     fingerprint: str
 
-    def _job(self, cfg: LatencyConfig, mode: str, max_burst: int = 5) -> Dict[str, Any]:
+    def _job(self, cfg: LatencyConfig, mode: str, max_burst: int = MAX_BURST) -> Dict[str, Any]:
         job = Job(self.models, self.shapes, warmup=cfg.warmup, repeats=cfg.repeats, threads=cfg.threads,
                   provider=cfg.provider, mode=mode, time_budget_s=cfg.time_budget_s, max_burst=max_burst)
         assert cfg.url is not None

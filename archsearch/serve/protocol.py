@@ -26,6 +26,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from .._timing import MAX_BURST
+
 __all__ = [
     "DEVICE_PATH", "DEFAULT_PORT", "Job", "JobError", "MAX_MODELS", "MODES", "TIME_PATH", "TOKEN_ENV", "job_from_json",
     "job_from_query", "job_query", "job_to_json",
@@ -63,7 +65,7 @@ class Job:
     provider: str = "CPUExecutionProvider"
     mode: str = "round_robin"
     time_budget_s: Optional[float] = None
-    max_burst: int = 5
+    max_burst: int = MAX_BURST
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def protocol(self) -> Dict[str, Any]:

@@ -285,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(e.status, {"error": str(e)})
         status, answer = self.device.submit(job)
         record: Dict[str, Any] = {"client": self.client_address[0], "path": url.path, "status": status,
-                                  "model_sha256": [hashlib.sha256(m).hexdigest() for m in job.models],
+                                  "model_sha256": answer.get("model_sha256") or [hashlib.sha256(m).hexdigest() for m in job.models],
                                   "shapes": [list(s) for s in job.shapes], "mode": job.mode, "repeats": job.repeats}
         if status == 200:
             record["median_ms"] = [round(statistics.median(t), 4) for t in answer["times_ms"]]
