@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from . import _interrupts, _scoped
+from ._rungs import ATTR_STOPPED_AT
 from ._storage import WORKER, BudgetLock, fail_running, fail_trials_of_dead_workers
 from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity, record_measurements
 from .errors import InvalidSample, mask_secrets
@@ -56,14 +57,17 @@ class SearchResult:
     #: Trials this process ended, by state, and the last error among its failed ones.
     states_here: Dict[str, int] = field(default_factory=dict)
     last_error: Optional[str] = None
+    #: Trials this process ended with a result: complete, or stopped at a rung with its rung values.
+    measured_here: int = 0
     #: Multi-fidelity studies: trials stopped at each rung and the training saved (``_rungs.summary``).
     rungs: Optional[dict] = None
 
     @property
     def failed_only(self) -> bool:
-        """This run ran trials and completed none (failed or pruned: an invalid sample is no result either):
-        the command should not report success."""
-        return sum(self.states_here.values()) > 0 and self.states_here.get("COMPLETE", 0) == 0
+        """This run ended trials and none with a result (failed, or pruned as an invalid sample): the command
+        should not report success. A trial a rung stopped is a result: in a study with workers, one worker may
+        end only such trials while another trains the survivors to the full budget."""
+        return sum(self.states_here.values()) > 0 and self.measured_here == 0
 
 
 class SearchRunner:
@@ -103,6 +107,7 @@ class SearchRunner:
         #: Trials this process ended, by state, and the last error among them (for the run's exit status).
         self.states_here: Dict[str, int] = {}
         self.last_error: Optional[str] = None
+        self.measured_here = 0
 
     # --- evaluation -----------------------------------------------------------------------------
     def _metric_names(self) -> List[str]:
@@ -224,6 +229,8 @@ class SearchRunner:
     def _account(self, trial: optuna.trial.FrozenTrial) -> None:
         """This process's bookkeeping of a trial it ended: counts by state, and its error in one line."""
         self.states_here[trial.state.name] = self.states_here.get(trial.state.name, 0) + 1
+        if trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED and ATTR_STOPPED_AT in trial.user_attrs):
+            self.measured_here += 1
         if trial.state == TrialState.FAIL:
             reason = (trial.user_attrs.get("error") or self._errors.pop(trial.number, None)
                       or "interrupted or failed outside the measurement")
@@ -328,8 +335,8 @@ class SearchRunner:
             states[x.state.name] = states.get(x.state.name, 0) + 1
         attrs = t.user_attrs
         note = attrs.get("invalid_reason") or attrs.get("error") or ""
-        if "stopped_at_rung" in attrs:
-            note = f"stopped at rung {attrs['stopped_at_rung']} ({attrs['rung_steps'][-1]} steps)"
+        if ATTR_STOPPED_AT in attrs:
+            note = f"stopped at rung {attrs[ATTR_STOPPED_AT]} ({attrs['rung_steps'][-1]} steps)"
         elif attrs.get("rungs") and self.cfg.fidelity is not None and t.state == TrialState.COMPLETE:
             note = f"trained to the full budget ({self.cfg.fidelity.rungs[-1]} steps)"
         running = {x.number: len(x.user_attrs["rungs"]) - 1 for x in trials
@@ -380,6 +387,7 @@ class SearchRunner:
         result.complete = complete
         result.states_here = dict(self.states_here)
         result.last_error = self.last_error
+        result.measured_here = self.measured_here
         return result
 
 

@@ -168,15 +168,24 @@ def test_a_full_queue_answers_503(tmp_path):
     try:
         import threading
 
-        slow = threading.Thread(target=_post, args=(s.url, _job(_conv_model(), [1, 16, 128, 128], repeats=400)))
+        deadline = time.monotonic() + 60
+        slow_answers: list = []
+
+        def slow_job() -> None:  # retried while the probe's own job holds the one place
+            while time.monotonic() < deadline:
+                slow_answers.append(_post(s.url, _job(_conv_model(), [1, 16, 128, 128], repeats=1000))[0])
+                if slow_answers[-1] != 503:
+                    return
+
+        slow = threading.Thread(target=slow_job)
         slow.start()
-        deadline = time.monotonic() + 20
-        status = None
-        while time.monotonic() < deadline:  # as soon as the slow job runs, the next one finds no room
+        status = answer = None
+        while slow.is_alive() and time.monotonic() < deadline:  # while the slow job runs, the next finds no room
             status, answer = _post(s.url, _job(_add_model(), [1, 3, 8, 8]))
-            if status == 503:
+            if status == 503:  # only the slow job can hold the place now
                 break
         slow.join()
+        assert slow_answers and slow_answers[-1] != 503, "the slow job ran"
         assert status == 503 and "busy" in answer["error"]
         _valid(s)
     finally:
