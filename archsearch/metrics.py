@@ -153,19 +153,15 @@ class Measurer:
         """One training of ``spec``'s scaled copy decided at ``hook``'s boundaries (a multi-fidelity trial,
         :class:`~archsearch.proxy.train.RungHook`). A run that reached the last boundary is cached with its
         boundary signals: a later trial of the same spec replays its decisions from them without training."""
-        from .proxy.train import train_proxy
+        from .proxy.train import TrainResult, decide_again, train_proxy
 
         cfg = dataclasses.replace(self.options.train.for_candidate(_side(resolution)), steps=hook.boundaries[-1])
         key = MeasureCache.key(metric="train_rungs", spec=spec.spec_hash, config=cfg.cache_key(),
                                boundaries=list(hook.boundaries), val_subset=hook.val_subset)
         hit = self.cache.get(key)
         if hit is not None:
-            for i, signals in enumerate(hit["boundaries"]):
-                if not hook.decide(i, signals):
-                    return {**hit, "val_top1": signals.get("val_top1", math.nan), "val_loss": signals.get("val_loss", math.nan),
-                            "loss_sum": signals["loss_sum"], "train_loss": signals["train_loss"],
-                            "boundaries": hit["boundaries"][: i + 1], "stopped_at": i}
-            return hit
+            i = decide_again(hook, hit["boundaries"])
+            return hit if i is None else {**hit, **TrainResult.from_dict(hit).stopped_at_boundary(i).to_dict()}
         result = train_proxy(spec, cfg, rungs=hook).to_dict()
         if result["stopped_at"] is None:
             nan = nan_fields(result)
