@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from .stats import ENSEMBLE, _MIN_RANKED
 
@@ -56,11 +56,20 @@ def _macs_words(plan: dict) -> str:
 
 def write_report(result: dict, out: Path) -> Path:
     out = Path(out)
-    plan = result["plan"]
-    t = plan["train"]
-    ch = result["chosen"]
     png = plot_tau_vs_cost(result, out / "tau_vs_cost.png")
-    lines = [
+    lines = [*_head(result), *_setup(result), *_choice(result), *_signal_table(result)]
+    if png:
+        lines += ["", f"![tau against cost]({png.name})"]
+    lines += _scaling(result) + _specs(result)
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _head(result: dict) -> List[str]:
+    plan = result["plan"]
+    ch = result["chosen"]
+    return [
         f"# Proxy fidelity on `{result['space']}` ({result['n_specs']} specs + {ch['n_holdout']} held out)\n",
         f"Regenerate: `{result['command']}`. Every finished unit is in `runs.jsonl` (a rerun resumes from it); "
         f"devices: {', '.join(result['devices'])}.\n",
@@ -69,6 +78,13 @@ def write_report(result: dict, out: Path) -> Path:
             f"{plan['n_holdout']} hold-out specs have both reference runs ({result['units']} of "
             f"{result['units_planned']} units finished); every figure below is on those specs only and the choice is "
             "preliminary. Rerun the command to continue: finished units are kept.\n"]),
+    ]
+
+
+def _setup(result: dict) -> List[str]:
+    plan = result["plan"]
+    t = plan["train"]
+    return [
         "## Set-up\n",
         f"* Data: `{t['data']}` ({_DATA_WORDS.get(t['data'], 'an ImageFolder')}), {t['train_size']} training and "
         f"{t['val_size']} validation images at " + (
@@ -89,6 +105,13 @@ def write_report(result: dict, out: Path) -> Path:
         + (", ".join(d for d in result["devices"] if d.startswith("cpu")) or "none recorded") + "; training: start-up plus B x the "
         "per-step time measured on that CPU for each spec; zero-cost: measured there).",
         f"* Reference top-1 range (mean of seeds): {result['reference_top1_range']}.\n",
+    ]
+
+
+def _choice(result: dict) -> List[str]:
+    plan = result["plan"]
+    ch = result["chosen"]
+    return [
         "## Noise ceiling and choice\n",
         f"* **Noise ceiling** (Kendall tau between the two reference seeds): **{_fmt(result['noise_ceiling_tau'])}** "
         f"(95% bootstrap {result['noise_ceiling_ci']}).",
@@ -104,6 +127,12 @@ def write_report(result: dict, out: Path) -> Path:
            if ch["n_holdout"] < plan["n_holdout"] else "does **not** reach the bar."),
         "* The ceiling compares one seed with the other; signals are scored against the mean of both seeds, which "
         "is less noisy than either, so a signal can score above the ceiling.",
+    ]
+
+
+def _signal_table(result: dict) -> List[str]:
+    ch = result["chosen"]
+    lines = [
         "\n## Every signal\n",
         f"Scored on the {result['n_specs']} main specs; the last column scores the same signal on the "
         f"{ch['n_holdout']} hold-out specs (not used to choose; with so few specs its interval is wide).\n",
@@ -117,8 +146,13 @@ def write_report(result: dict, out: Path) -> Path:
         lines.append(f"| {n} | {_fmt(v['tau'])} | [{v['tau_ci'][0]:.2f}, {v['tau_ci'][1]:.2f}] | {_fmt(v['rho'])} | "
                      f"{_fmt(v['tau_partial_params'])} | {_fmt(v.get('tau_partial_macs'))} | {_fmt(v['top_quarter_precision'], 2)} "
                      f"| {_fmt(v['cost_s'], 2)} | {held} |")
-    if png:
-        lines += ["", f"![tau against cost]({png.name})"]
+    return lines
+
+
+def _scaling(result: dict) -> List[str]:
+    plan = result["plan"]
+    t = plan["train"]
+    lines: List[str] = []
     if result["scaling"]:
         lines += ["\n## Scaling subset\n",
                   f"The first {plan['n_scaling']} specs, trained {plan['long_steps']} steps with both reference seeds at each "
@@ -130,9 +164,12 @@ def write_report(result: dict, out: Path) -> Path:
         for k, v in result["scaling"].items():
             lines.append(f"| {k} | {v['n']} | {v['distinct_trained_copies']} | {_fmt(v['seed_tau'])} | "
                          f"{v['top1_min']:.3f}-{v['top1_max']:.3f} | {_fmt(v.get('tau_vs_plan_scaling'))} |")
+    return lines
+
+
+def _specs(result: dict) -> List[str]:
+    lines = []
     lines += ["\n## Specs\n", "| # | arch | top-1 seed A | top-1 seed B |", "| ---: | --- | ---: | ---: |"]
     for s in result["specs"]:
         lines.append(f"| {s['index']} | `{s['arch']}` | {s['reference_top1'][0]:.3f} | {s['reference_top1'][1]:.3f} |")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return lines
