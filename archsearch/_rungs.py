@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Dict, Hashable, List, Mapping, Sequence
 
+from ._record import ATTR_FINISHES, ATTR_METRICS, ATTR_RUNG_STEPS, ATTR_RUNGS, ATTR_SPEC_HASH, ATTR_STOPPED_AT
+
 __all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank", "remove_orphan_checkpoints", "rung_dir", "summary",
            "queue_finisher", "to_finish", "tolerances", "train_in_rungs"]
 
@@ -101,10 +103,10 @@ def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
     stopped = {str(i): 0 for i in range(len(rungs) - 1)}  # str keys: the summary is stored as JSON
     full, trained = 0, 0
     for t in trials:
-        done = t.user_attrs.get("rungs")
+        done = t.user_attrs.get(ATTR_RUNGS)
         if not done:
             continue
-        at = t.user_attrs.get("stopped_at_rung")
+        at = t.user_attrs.get(ATTR_STOPPED_AT)
         if at is None:
             if len(done) == len(rungs):
                 full += 1
@@ -121,10 +123,6 @@ def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
 
 # --- a trial's training, rung by rung --------------------------------------------------------------------------
 
-#: Trial attribute keys a multi-fidelity trial writes (read by the summary, the report and the display);
-#: ATTR_FINISHES: on a trial that re-runs a stopped one (its number) to the full budget.
-ATTR_RUNGS, ATTR_RUNG_STEPS, ATTR_STOPPED_AT, ATTR_FINISHES = "rungs", "rung_steps", "stopped_at_rung", "finishes"
-
 
 def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[float] = ()):
     """The stopped trial to train to the full budget next, or None: among the trials stopped at the
@@ -132,7 +130,7 @@ def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[f
     has no full-budget, running or queued trial yet. ``trials``: the study's Optuna trials."""
     from optuna.trial import TrialState
 
-    taken = {t.user_attrs.get("spec_hash") for t in trials
+    taken = {t.user_attrs.get(ATTR_SPEC_HASH) for t in trials
              if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
     stopped = [t for t in trials if t.state == TrialState.PRUNED and ATTR_STOPPED_AT in t.user_attrs]
     if not stopped:
@@ -144,7 +142,7 @@ def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[f
     by_number = {t.number: t for t in stopped if t.user_attrs[ATTR_STOPPED_AT] == deepest}
     for number in rank(table, directions, tolerance):
         t = by_number.get(number)
-        if t is not None and t.user_attrs.get("spec_hash") not in taken:
+        if t is not None and t.user_attrs.get(ATTR_SPEC_HASH) not in taken:
             return t
     return None
 
@@ -222,7 +220,7 @@ def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: i
     at = result["stopped_at"]
     if at is not None:
         trial.set_user_attr(ATTR_STOPPED_AT, at)
-        trial.set_user_attr("metrics", values)
+        trial.set_user_attr(ATTR_METRICS, values)
         raise optuna.TrialPruned(f"stopped at rung {at} ({fidelity.rungs[at]} steps): not in the top 1/{fidelity.eta} there")
     record(len(fidelity.rungs) - 1, _final(fidelity, result))
     return values

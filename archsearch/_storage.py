@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from ._record import ATTR_WORKER
+
 __all__ = ["BudgetLock", "WORKER", "dead_local_worker", "fail_running", "fail_trials_of_dead_workers", "open_storage",
            "process_gone", "sqlite_file"]
 
@@ -134,7 +136,7 @@ def fail_trials_of_dead_workers(study, *, max_retry: int, warn: Callable[[str], 
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            pid = dead_local_worker(t.user_attrs.get("worker"))
+            pid = dead_local_worker(t.user_attrs.get(ATTR_WORKER))
             if pid is None:
                 continue
             if not fail_running(storage, t._trial_id, f"its worker (pid {pid} on this host) died"):

@@ -14,6 +14,7 @@ from typing import List, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from ._record import TrialRecord
 from ._storage import sqlite_file
 from .errors import ConfigError
 from .spec import ArchSpec
@@ -69,16 +70,16 @@ def pareto_rows(study: optuna.Study) -> List[ParetoRow]:
     best = sorted(study.best_trials, key=lambda t: t.values)
     rows, seen = [], set()
     for t in best:
-        if "spec" not in t.user_attrs or t.state != TrialState.COMPLETE:
+        r = TrialRecord.of(t)
+        if r.spec is None or r.state != "COMPLETE" or r.resolution is None:
             continue
         # The same (spec, resolution) sampled twice is one design; keep its first trial.
-        key = (t.user_attrs.get("spec_hash"), t.user_attrs.get("resolution"))
+        key = (r.spec_hash, r.resolution)
         if key in seen:
             continue
         seen.add(key)
-        spec = ArchSpec.from_dict(t.user_attrs["spec"])
-        beaten = [r["name"] for r in refs if dominates(t.values, r["values"], directions)]
-        rows.append(ParetoRow(t.number, spec, int(t.user_attrs["resolution"]), list(t.values), is_fastvithd_like(spec), beaten))
+        beaten = [ref["name"] for ref in refs if dominates(t.values, ref["values"], directions)]
+        rows.append(ParetoRow(t.number, r.spec, r.resolution, list(t.values), is_fastvithd_like(r.spec), beaten))
     return rows
 
 

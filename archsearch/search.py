@@ -6,8 +6,9 @@ with their reason; an exception fails only its trial.
 
 The rooms this loop stands on: where the study lives and who works on it (:mod:`archsearch._storage`:
 storage, worker liveness, the claim on the budget), what makes its trials comparable
-(:mod:`archsearch._study`: open, check, freeze), and the rung schedule of a multi-fidelity search
-(:mod:`archsearch._rungs`).
+(:mod:`archsearch._study`: open, check, freeze), what one trial measures (:mod:`archsearch._evaluate`),
+what its attributes are (:mod:`archsearch._record`), what a finished trial tells the display and MLflow
+(:mod:`archsearch._observe`), and the rung schedule of a multi-fidelity search (:mod:`archsearch._rungs`).
 """
 from __future__ import annotations
 
@@ -22,15 +23,16 @@ import optuna
 from optuna.trial import TrialState
 
 from . import _interrupts, _scoped
-from ._rungs import ATTR_STOPPED_AT
+from ._evaluate import Evaluator
+from ._observe import track_trial, trial_event
+from ._record import ATTR_WORKER, TrialRecord
 from ._storage import WORKER, BudgetLock, fail_running, fail_trials_of_dead_workers
-from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity, record_measurements
-from .errors import InvalidSample, mask_secrets
+from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity
+from .errors import mask_secrets
 from .metrics import Measurer
 from .progress import TrialEvent
 from .references import load_spec
 from .space import SearchSpace, load_space
-from .spec import ArchSpec
 from .tracking import Tracker
 from .trials import TrialsConfig
 
@@ -87,11 +89,12 @@ class SearchRunner:
         self.warn = warn or _log.warning
         self.space: SearchSpace = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
         self.measurer = Measurer(cfg.measure)
+        self.evaluator = Evaluator(cfg, self.space, self.measurer, self.url)
         self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
         # Before anything runs: a reopened study must be sampled from the same space, measured the same way.
-        self.conditions = conditions(cfg, self._metric_names())
+        self.conditions = conditions(cfg, self.evaluator.metric_names)
         check_space(self.study, cfg, self.space)
         check_conditions(self.study, cfg, self.conditions)
         #: The claim on the budget: taken before counting the study's trials, given up by the objective as soon
@@ -102,56 +105,10 @@ class SearchRunner:
         #: The trial this process's objective is running, and whether an interrupt ended it (see _run).
         self._trial_id: Optional[int] = None
         self._interrupted = False
-        #: Each failed trial's error as this process saw it (the storage may not have taken it).
-        self._errors: Dict[int, str] = {}
         #: Trials this process ended, by state, and the last error among them (for the run's exit status).
         self.states_here: Dict[str, int] = {}
         self.last_error: Optional[str] = None
         self.measured_here = 0
-
-    # --- evaluation -----------------------------------------------------------------------------
-    def _metric_names(self) -> List[str]:
-        return [o.name for o in self.cfg.objectives] + [c.metric for c in self.cfg.constraints]
-
-    def evaluate(self, spec: ArchSpec, resolution: int, trial: Optional[optuna.Trial] = None) -> Dict[str, float]:
-        """Every objective and constraint metric of a candidate (measurements are cached)."""
-        values, row = self.measurer.values(spec, resolution, self._metric_names())
-        if trial is not None:
-            record_measurements(trial, row)
-        return values
-
-    def _evaluate_in_rungs(self, trial: optuna.Trial, spec: ArchSpec, resolution: int) -> Dict[str, float]:
-        """The cheap metrics, then training rung by rung (:func:`archsearch._rungs.train_in_rungs`)."""
-        from ._rungs import ATTR_FINISHES, rung_dir, train_in_rungs
-
-        f = self.cfg.fidelity
-        assert f is not None
-        cheap_names = [n for n in self._metric_names() if n != f.metric]
-        values, row = self.measurer.values(spec, resolution, cheap_names) if cheap_names else ({}, {})
-        record_measurements(trial, row)
-        return train_in_rungs(trial, measurer=self.measurer, fidelity=f, objectives=self.cfg.objectives, spec=spec,
-                              resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study),
-                              finishing=ATTR_FINISHES in trial.user_attrs)
-
-    def _evaluate_reference(self, spec: ArchSpec, resolution: int) -> Dict[str, float]:
-        """A reference's values; in a rung study its training is the rung run every trial gets, never stopped,
-        so that its enqueued trial replays the cached run instead of training it a second time."""
-        f = self.cfg.fidelity
-        if f is None or not isinstance(spec, ArchSpec):
-            return self.evaluate(spec, resolution)
-        from ._rungs import train_reference
-
-        cheap = [n for n in self._metric_names() if n != f.metric]
-        values, _ = self.measurer.values(spec, resolution, cheap) if cheap else ({}, {})
-        values[f.metric] = train_reference(self.measurer, f, spec, resolution)
-        return values
-
-    def _violations(self, values: Dict[str, float]) -> List[float]:
-        out = []
-        for c in self.cfg.constraints:
-            v = values[c.metric]
-            out.append(max(v - c.max if c.max is not None else float("-inf"), c.min - v if c.min is not None else float("-inf")))
-        return out
 
     def objective(self, trial: optuna.Trial) -> List[float]:
         self._trial_id = trial._trial_id
@@ -164,57 +121,17 @@ class SearchRunner:
     def _objective(self, trial: optuna.Trial) -> List[float]:
         _interrupts.check()  # inside the objective: Optuna marks the trial and stops its heartbeat cleanly
         # First, so that a rerun on this host can tell at once that the trial's process is gone.
-        trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr(ATTR_WORKER, WORKER)
         self.lock.release()  # the trial exists now: other workers may claim the next one
-        try:
-            cand = self.space.sample_candidate(trial)
-        except InvalidSample as e:
-            trial.set_user_attr("invalid_reason", e.reason)
-            raise optuna.TrialPruned(e.reason) from None
-        spec = cand.spec
-        trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("spec_hash", spec.spec_hash)
-        trial.set_user_attr("arch", spec.code)
-        trial.set_user_attr("resolution", cand.resolution)
-        trial.set_user_attr("output_stride", spec.output_stride)
-        try:
-            if self.cfg.fidelity is None:
-                values = self.evaluate(spec, cand.resolution, trial)
-            else:
-                values = self._evaluate_in_rungs(trial, spec, cand.resolution)
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:
-            error = f"{type(e).__name__}: {str(e).strip()[:500]}"
-            self._errors[trial.number] = error  # kept here too: a full disk may refuse the attribute below
-            trial.set_user_attr("error", error)
-            raise
-        trial.set_user_attr("metrics", values)
-        for c, violation in zip(self.cfg.constraints, self._violations(values)):
-            trial.set_constraint(f"{c.metric}", violation)
-        return [values[o.name] for o in self.cfg.objectives]
+        return self.evaluator.trial(trial)
 
     # --- study-level set-up, once per study -------------------------------------------------------
     def _prepare_study(self) -> None:
         attrs = self.study.user_attrs
         record_identity(self.study, self.cfg, self.space, self.conditions, self.url)
-        freeze_predictor(self.study, self.cfg, self.space, self.measurer, self._metric_names())
+        freeze_predictor(self.study, self.cfg, self.space, self.measurer, self.evaluator.metric_names)
         if "references" not in attrs and self.references:
-            refs = []
-            for spec, res in self.references:
-                try:
-                    values = self._evaluate_reference(spec, res)
-                except Exception as e:  # noqa: BLE001 - a reference that cannot be measured must not stop the study
-                    self.warn(f"reference {spec.name or spec.spec_hash} at {res} px not evaluated: {type(e).__name__}: {e}")
-                    continue
-                feasible = all(v <= 0 for v in self._violations(values))
-                params = self.space.params_for(spec, res) if isinstance(spec, ArchSpec) else None
-                if params is not None:
-                    self.study.enqueue_trial(params, user_attrs={"reference": spec.name})
-                refs.append({"name": spec.name or spec.spec_hash, "resolution": res, "spec_hash": spec.spec_hash,
-                             "arch": spec.code, "values": [values[o.name] for o in self.cfg.objectives],
-                             "metrics": values, "feasible": feasible, "in_space": params is not None})
-            self.study.set_user_attr("references", refs)
+            self.study.set_user_attr("references", self.evaluator.references(self.study, self.references, self.warn))
         if "mlflow_parent_run_id" not in attrs and self.tracker.enabled:
             predictor = {f"predictor.{k}": str(v) for k, v in (self.study.user_attrs.get("predictor") or {}).items()}
             run_id = self.tracker.start_study(self.cfg.study, {
@@ -226,35 +143,20 @@ class SearchRunner:
                 self.study.set_user_attr("mlflow_parent_run_id", run_id)
         self.parent_run_id = self.study.user_attrs.get("mlflow_parent_run_id")
 
-    def _account(self, trial: optuna.trial.FrozenTrial) -> None:
+    def _account(self, record: TrialRecord) -> None:
         """This process's bookkeeping of a trial it ended: counts by state, and its error in one line."""
-        self.states_here[trial.state.name] = self.states_here.get(trial.state.name, 0) + 1
-        if trial.state == TrialState.COMPLETE or (trial.state == TrialState.PRUNED and ATTR_STOPPED_AT in trial.user_attrs):
-            self.measured_here += 1
-        if trial.state == TrialState.FAIL:
-            reason = (trial.user_attrs.get("error") or self._errors.pop(trial.number, None)
-                      or "interrupted or failed outside the measurement")
+        self.states_here[record.state] = self.states_here.get(record.state, 0) + 1
+        self.measured_here += record.has_result
+        if record.state == "FAIL":
+            reason = record.error or self.evaluator.errors.pop(record.number, "") or "interrupted or failed outside the measurement"
             self.last_error = reason.splitlines()[0]
-            self.warn(f"trial {trial.number} failed: {self.last_error}; the study goes on")
-
-    def _track(self, trial: optuna.trial.FrozenTrial) -> None:
-        """One MLflow run for a trial this process ended."""
-        metrics = dict(trial.user_attrs.get("metrics", {}))
-        for i, vals in (trial.user_attrs.get("rungs") or {}).items():
-            metrics.update({f"rung{i}.{o.name}": v for o, v in zip(self.cfg.objectives, vals)})
-        if trial.values:
-            metrics.update({f"objective.{o.name}": v for o, v in zip(self.cfg.objectives, trial.values)})
-        spec = trial.user_attrs.get("spec")
-        tags = {"spec_hash": trial.user_attrs.get("spec_hash", ""), "arch": trial.user_attrs.get("arch", ""),
-                "device": self.measurer.options.latency.backend, "worker": trial.user_attrs.get("worker", "")}
-        if "invalid_reason" in trial.user_attrs:
-            tags["invalid_reason"] = trial.user_attrs["invalid_reason"][:500]
-        params = {"resolution": trial.user_attrs.get("resolution"), "spec": spec, "sampled": trial.params}
-        spec_yaml = ArchSpec.from_dict(spec).to_yaml() if spec else None
-        self.tracker.log_trial(self.parent_run_id, study_name=self.cfg.study, number=trial.number, state=trial.state.name,
-                               params=params, metrics=metrics, tags=tags, spec_yaml=spec_yaml)
+            self.warn(f"trial {record.number} failed: {self.last_error}; the study goes on")
 
     # --- the loop -------------------------------------------------------------------------------
+    @property
+    def _objectives(self) -> List[str]:
+        return [o.name for o in self.cfg.objectives]
+
     def counted_trials(self) -> int:
         # A dead worker's RUNNING trial must not hold a budget slot: fail it (and re-queue it) first. On this
         # host a worker's process is known gone at once; elsewhere its heartbeat stops (after grace_s).
@@ -314,8 +216,10 @@ class SearchRunner:
             ran += 1
             assert self._trial_id is not None
             trial = self.study._storage.get_trial(self._trial_id)  # this process's trial (the Study API has no lookup by id)
-            self._account(trial)
-            self._track(trial)
+            record = TrialRecord.of(trial)
+            self._account(record)
+            track_trial(self.tracker, self.parent_run_id, record, study_name=self.cfg.study, objectives=self._objectives,
+                        device=self.measurer.options.latency.backend)
             # Failed trials do not use the budget (they are retried), so a search whose every trial fails
             # (a broken measurement, a missing device) must stop on its own.
             failed_in_a_row = failed_in_a_row + 1 if trial.state == TrialState.FAIL else 0
@@ -324,30 +228,10 @@ class SearchRunner:
                 break
             if on_trial:
                 now = time.monotonic()
-                on_trial(self._event(trial, budget, now - trial_started, now - started))
+                on_trial(trial_event(self.study, record, objectives=self._objectives, budget=budget,
+                                     full_steps=self.cfg.fidelity.rungs[-1] if self.cfg.fidelity else None,
+                                     trial_s=now - trial_started, elapsed_s=now - started))
         return SearchResult(self.study, ran, stopped, budget)
-
-    def _event(self, t: optuna.trial.FrozenTrial, budget: int, trial_s: float, elapsed_s: float) -> TrialEvent:
-        """The trial this process just ended, and the study's state now (every worker's trials)."""
-        trials = self.study.get_trials(deepcopy=False)
-        states: Dict[str, int] = {}
-        for x in trials:
-            states[x.state.name] = states.get(x.state.name, 0) + 1
-        attrs = t.user_attrs
-        note = attrs.get("invalid_reason") or attrs.get("error") or ""
-        if ATTR_STOPPED_AT in attrs:
-            note = f"stopped at rung {attrs[ATTR_STOPPED_AT]} ({attrs['rung_steps'][-1]} steps)"
-        elif attrs.get("rungs") and self.cfg.fidelity is not None and t.state == TrialState.COMPLETE:
-            note = f"trained to the full budget ({self.cfg.fidelity.rungs[-1]} steps)"
-        running = {x.number: len(x.user_attrs["rungs"]) - 1 for x in trials
-                   if x.state == TrialState.RUNNING and x.user_attrs.get("rungs")}
-        front = len(self.study.best_trials) if states.get("COMPLETE") else 0
-        values = dict(zip([o.name for o in self.cfg.objectives], t.values)) if t.values else {}
-        return TrialEvent(
-            number=t.number, state=t.state.name, values=values, budget=budget, trial_s=trial_s, elapsed_s=elapsed_s,
-            finished=min(budget, states.get("COMPLETE", 0) + states.get("PRUNED", 0)), states=states, front=front,
-            arch=attrs.get("arch", ""), resolution=attrs.get("resolution"), note=str(note).splitlines()[0][:200] if note else "",
-            running_rungs=running)
 
     def _fail_interrupted_trial(self) -> None:
         if self._trial_id is None:

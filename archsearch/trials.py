@@ -184,6 +184,19 @@ class TrialsConfig:
     def study(self) -> str:
         return self.study_name or self.name
 
+    def describe(self, n_trials: Optional[int] = None) -> str:
+        """What a run of this experiment would do, in one line, with nothing run (``search --dry-run``): the space
+        and its references are loaded, so that a bad one is reported now."""
+        from .references import load_spec
+        from .space import load_space
+
+        space = load_space(self.resolve(self.space), self.space_overrides)
+        refs = [load_spec(self.resolve(e.spec)).code for e in self.enqueue]
+        return (f"study {self.study!r}, space {space.name!r} (resolutions {list(space.config.resolution)}), "
+                f"objectives {', '.join(f'{o.name} ({o.direction})' for o in self.objectives)}, "
+                f"{n_trials or self.n_trials} trials with {self.sampler.name}; references: {', '.join(refs) or 'none'}; "
+                "nothing run")
+
     def resolve(self, path: str) -> str:
         """A path written in the file, found from the file's folder (see :func:`resolve_relative`)."""
         return resolve_relative(path, self.base_dir)

@@ -35,15 +35,7 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
 
     cfg = load_trials(args.trials, args.overrides)
     if args.dry_run:
-        from ..references import load_spec
-        from ..space import load_space
-
-        space = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
-        refs = [load_spec(cfg.resolve(e.spec)).code for e in cfg.enqueue]
-        _out.print(f"{args.trials}: study {cfg.study!r}, space {space.name!r} (resolutions {list(space.config.resolution)}), "
-                   f"objectives {', '.join(f'{o.name} ({o.direction})' for o in cfg.objectives)}, "
-                   f"{args.n_trials or cfg.n_trials} trials with {cfg.sampler.name}; references: {', '.join(refs) or 'none'}; "
-                   "nothing run", markup=False, highlight=False, soft_wrap=True)
+        _out.print(f"{args.trials}: {cfg.describe(args.n_trials)}", markup=False, highlight=False, soft_wrap=True)
         return 0
     if args.pareto_out:  # checked before any trial runs, not after they are stored
         prepare_output_dir(args.pareto_out, "pareto", overwrite=args.overwrite, option="--pareto-out")
@@ -65,6 +57,11 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
                    f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
         return 143 if isinstance(e, _interrupts.Terminated) else 130
     result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
+    return _say_result(args, runner, cfg, result, worker=worker)
+
+
+def _say_result(args: argparse.Namespace, runner, cfg, result, *, worker: bool) -> int:
+    """The run's summary, where its front went, and the front as a table; exit 1 when no trial gave a result."""
     _out.print(
         f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
         + ", ".join(f"{v} {k.lower()}" for k, v in result.states.items() if v)

@@ -8,7 +8,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .. import _interrupts
 from ..options import ZERO_COST_NAMES
@@ -68,6 +68,7 @@ def _device(accelerator: str) -> str:
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return f"cpu:{platform.processor() or platform.machine()}:{os.cpu_count()}cores"
 
+
 def run_units(
     out: Path,
     units: Sequence[dict],
@@ -99,33 +100,38 @@ def run_units(
         if progress:
             progress(rec)
 
+    args = [(plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator) for u in todo]
     if workers <= 1:
-        for u in todo:
+        for a in args:
             _interrupts.check()
             if stop_at is not None and time.monotonic() > stop_at:
                 break
-            record(_run_one(plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator))
-        return done
+            record(_run_one(*a))
+    else:
+        _run_in_pool(args, workers, stop_at, record, progress)
+    return done
+
+
+def _run_in_pool(args: List[tuple], workers: int, stop_at: Optional[float], record: Callable[[dict], None],
+                 progress: Optional[Callable[[dict], None]]) -> None:
+    """``_run_one(*a)`` for each of ``args`` in ``workers`` spawned processes, each result recorded as it
+    finishes; at ``stop_at`` the units in flight are stopped too (not recorded: a rerun resumes them)."""
     import concurrent.futures as cf
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    pending = {pool.submit(_run_one, plan.to_dict(), specs[u["index"]].to_dict(), u, accelerator): u for u in todo}
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pending = {pool.submit(_run_one, *a): a[2] for a in args}
     try:
         for fut in cf.as_completed(pending, timeout=None if stop_at is None else max(1.0, stop_at - time.monotonic())):
             try:
                 record(fut.result())
             except Exception as e:  # noqa: BLE001 - one failed unit is reported, the others go on
-                u = pending[fut]
                 if progress:
-                    progress({**u, "error": f"{type(e).__name__}: {e}"})
+                    progress({**pending[fut], "error": f"{type(e).__name__}: {e}"})
     except cf.TimeoutError:
-        # The deadline stops the units in flight too (they would not be recorded): a rerun resumes them.
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:
             p.terminate()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return done
