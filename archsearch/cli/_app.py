@@ -58,6 +58,31 @@ def _default(cls, name: str):
     return f.default if f.default is not dataclasses.MISSING else "all cores" if name == "threads" else f.default_factory()
 
 
+def _option_flags(p, cls, helps: dict) -> None:
+    """One flag per named field of the option dataclass ``cls`` (``{field: help}``), generated from the field:
+    ``--field-name``, its type from the field's default, the default shown from the dataclass and not repeated
+    here. Flags left out parse to None (booleans: False), so that :func:`_given` keeps the dataclass's default."""
+    import types
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for name, text in helps.items():
+        default = _default(cls, name)
+        kind = hints[name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))  # Optional[int] -> int
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=f"{text} (default {'on' if default else 'off'})")
+        else:
+            p.add_argument(flag, type=kind if kind in (int, float) else str, default=None, help=f"{text} (default {default})")
+
+
+def _given(args, names) -> dict:
+    """The options of ``names`` given on the command line (:func:`_option_flags`), by field name."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 

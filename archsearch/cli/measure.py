@@ -10,20 +10,19 @@ from rich.table import Table
 
 from ..errors import ConfigError
 
-from ._app import (_accept_overrides, _command, _default, _out, _progress,
-                   _resolutions)
+from ._app import _accept_overrides, _command, _given, _option_flags, _out, _progress, _resolutions
+
+
+#: The latency flags of measure/calibrate: fields of archsearch.options.LatencyConfig.
+_LATENCY_FLAGS = {"backend": "", "threads": "intra-op threads", "warmup": "untimed runs first", "repeats": "timed runs",
+                  "channels_last": "time in channels-last memory format", "compile": "torch.compile the model before timing"}
+
 
 def _latency_args(p: argparse.ArgumentParser) -> None:
     from ..options import LATENCY_BACKEND_NAMES, LatencyConfig
 
     g = p.add_argument_group("latency (defaults: archsearch.options.LatencyConfig)")
-    g.add_argument("--backend", default=None,
-                   help=f"{' | '.join(LATENCY_BACKEND_NAMES)} (default {_default(LatencyConfig, 'backend')})")
-    g.add_argument("--threads", type=int, default=None, help=f"intra-op threads (default {_default(LatencyConfig, 'threads')})")
-    g.add_argument("--warmup", type=int, default=None, help=f"default {_default(LatencyConfig, 'warmup')}")
-    g.add_argument("--repeats", type=int, default=None, help=f"default {_default(LatencyConfig, 'repeats')}")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model before timing")
+    _option_flags(g, LatencyConfig, {**_LATENCY_FLAGS, "backend": " | ".join(LATENCY_BACKEND_NAMES)})
     g.add_argument("--default-heap", action="store_true",
                    help="time with the allocator's default behaviour (freed memory returned to the kernel, so "
                         "forwards pay page faults) instead of a retained heap")
@@ -35,8 +34,7 @@ def _latency_config(args: argparse.Namespace, base=None):
 
     from ..options import LatencyConfig
 
-    given = {k: getattr(args, k) for k in ("backend", "threads", "warmup", "repeats") if getattr(args, k) is not None}
-    given.update({k: True for k in ("channels_last", "compile") if getattr(args, k)})
+    given = _given(args, _LATENCY_FLAGS)
     if args.default_heap:
         given["retain_heap"] = False
     return dataclasses.replace(base or LatencyConfig(), **given)
@@ -60,12 +58,17 @@ def measure_options(args: argparse.Namespace):
     overrides = [o[len("measure."):] if o.startswith("measure.") else o for o in getattr(args, "overrides", []) or []]
     data = apply_overrides({}, overrides, source="KEY=VALUE")
     options = from_data(MeasureOptions, data or {})
-    given = {k: getattr(args, k) for k in ("counter", "llm", "prompt_tokens") if getattr(args, k, None) is not None}
+    given = _given(args, _MEASURE_FLAGS)
     options = dataclasses.replace(options, latency=_latency_config(args, options.latency), **given)
     if getattr(args, "data_root", None):
         options = dataclasses.replace(options, train=dataclasses.replace(options.train, data_root=args.data_root),
                                       proxy=dataclasses.replace(options.proxy, data_root=args.data_root))
     return options
+
+
+#: measure's flags of archsearch.options.MeasureOptions.
+_MEASURE_FLAGS = {"counter": "MAC counter", "llm": "LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML",
+                  "prompt_tokens": "text tokens prefilled with the visual tokens"}
 
 
 def _measure_args(p: argparse.ArgumentParser) -> None:
@@ -75,12 +78,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated metrics of the registry: " + ", ".join(_metric_names()))
     from ..options import COUNTER_NAMES, MeasureOptions
 
-    p.add_argument("--counter", default=None,
-                   help=f"MAC counter: {' | '.join(COUNTER_NAMES)} (default {_default(MeasureOptions, 'counter')})")
-    p.add_argument("--llm", default=None, help="LLM preset (qwen2-0.5b, qwen2-1.5b, qwen2-7b) or shape YAML "
-                                               f"(default {_default(MeasureOptions, 'llm')})")
-    p.add_argument("--prompt-tokens", type=int, default=None, help="text tokens prefilled with the visual tokens "
-                                                                   f"(default {_default(MeasureOptions, 'prompt_tokens')})")
+    _option_flags(p, MeasureOptions, {**_MEASURE_FLAGS, "counter": f"MAC counter: {' | '.join(COUNTER_NAMES)}"})
     p.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory for the accuracy metrics")
     p.add_argument("--vs", metavar="SPEC", help="also time each spec interleaved with this one: latency ratio")
     p.add_argument("--no-cache", action="store_true", help="measure again instead of reading the cache")
@@ -232,20 +230,22 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: proxy's flags of archsearch.options.TrainProxyConfig (a zero-cost proxy takes the ones ProxyConfig has too).
+_PROXY_FLAGS = {"width_mult": "scaled copy: width multiplier", "max_depth": "scaled copy: depth cap per stage",
+                "resolution": "input side", "steps": "training steps (train)", "lr": "learning rate (train)",
+                "data": "a data set name (archsearch.options.DATA_SET_NAMES), noise (zero-cost only) or an ImageFolder root",
+                "seed": "seed of the initialisation and the data order"}
+_TRAIN_ONLY = ("steps", "lr")
+
+
 def _proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
     p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
-    from ..options import TrainProxyConfig as T
+    from ..options import TrainProxyConfig
 
-    p.add_argument("--width-mult", type=float, default=None, help=f"scaled copy: width multiplier (default {_default(T, 'width_mult')})")
-    p.add_argument("--max-depth", type=int, default=None, help=f"scaled copy: depth cap per stage (default {_default(T, 'max_depth')})")
-    p.add_argument("--resolution", "-r", type=int, default=None, help=f"input side (default {_default(T, 'resolution')})")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps (train; default {_default(T, 'steps')})")
-    p.add_argument("--lr", type=float, default=None, help=f"learning rate (train; default {_default(T, 'lr')})")
-    p.add_argument("--data", default=None, help=f"fashion-mnist | fashion-mnist-canvas | digits | noise (zero-cost only) | "
-                                                f"ImageFolder root (default {_default(T, 'data')})")
+    _option_flags(p, TrainProxyConfig, _PROXY_FLAGS)
+    p.add_argument("-r", dest="resolution", type=int, default=None, help="the same as --resolution")
     p.add_argument("--data-root", default=None, help="directory with Fashion-MNIST's IDX files")
-    p.add_argument("--seed", type=int, default=None)
     p.add_argument("--json", action="store_true")
 
 
@@ -259,12 +259,11 @@ def _proxy(args: argparse.Namespace) -> int:
 
     spec = load_spec(args.spec)
     # Options left out keep the one default of each (archsearch.options).
-    given = {k: v for k, v in (("width_mult", args.width_mult), ("max_depth", args.max_depth), ("resolution", args.resolution),
-                               ("data", args.data), ("data_root", args.data_root), ("seed", args.seed)) if v is not None}
+    given = _given(args, [n for n in (*_PROXY_FLAGS, "data_root") if n not in _TRAIN_ONLY])
     if args.kind == "train":
         from ..proxy.train import train_proxy
 
-        given.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr)) if v is not None})
+        given.update(_given(args, _TRAIN_ONLY))
         r = train_proxy(spec, dataclasses.replace(TrainProxyConfig(), **given))
         result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
                   "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
