@@ -79,6 +79,12 @@ class SearchDisplay(_Live):
         self.task = self.progress.add_task(f"{study}: trials", total=budget, completed=min(finished, budget))
         self.last: Optional[TrialEvent] = None
 
+    def start(self, budget: int, finished: int) -> None:
+        """The study is open: its budget and the trials it had finished before this run."""
+        self.budget = budget
+        self.progress.update(self.task, total=budget, completed=min(finished, budget))
+        self.refresh()
+
     def trial(self, e: TrialEvent) -> None:
         self.last = e
         self.progress.update(self.task, completed=min(e.finished, e.budget), total=e.budget)

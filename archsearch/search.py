@@ -63,6 +63,10 @@ class SearchResult:
     measured_here: int = 0
     #: Multi-fidelity studies: trials stopped at each rung and the training saved (``_rungs.summary``).
     rungs: Optional[dict] = None
+    #: Where the study lives (secrets masked) and its MLflow parent run (None with tracking off).
+    url: str = ""
+    parent_run_id: Optional[str] = None
+    tracking: bool = False
 
     @property
     def failed_only(self) -> bool:
@@ -272,6 +276,7 @@ class SearchRunner:
         result.states_here = dict(self.states_here)
         result.last_error = self.last_error
         result.measured_here = self.measured_here
+        result.url, result.parent_run_id, result.tracking = mask_secrets(self.url), self.parent_run_id, self.tracker.enabled
         return result
 
 
@@ -281,10 +286,24 @@ def run_search(
     n_trials: Optional[int] = None,
     pareto_out: Optional[Path] = None,
     on_trial: Optional[Callable[[TrialEvent], None]] = None,
+    on_start: Optional[Callable[[int, int], None]] = None,
     **runner_options,
 ) -> SearchResult:
     """Run (or resume) ``cfg``'s study in this process and finish what it starts: the Pareto front is
     exported (to ``pareto_out`` when given) and logged, and the study's MLflow parent run is FINISHED once
-    its budget is complete (by whichever worker completes it). ``runner_options`` are :class:`SearchRunner`'s."""
+    its budget is complete (by whichever worker completes it). ``runner_options`` are :class:`SearchRunner`'s.
+
+    ``on_start(budget, finished)`` is called once the study is open, ``on_trial(event)`` after each trial this
+    process ends. An interrupt (Ctrl-C, SIGTERM) propagates with ``kept`` set: what stays stored, in words."""
     runner = SearchRunner(cfg, **runner_options)
-    return runner.finish(runner.run(n_trials=n_trials, on_trial=on_trial), pareto_out=pareto_out)
+    budget = n_trials or cfg.n_trials
+    if on_start:
+        on_start(budget, runner.counted_trials())
+    try:
+        result = runner.run(n_trials=budget, on_trial=on_trial)
+    except KeyboardInterrupt as e:
+        done = len(runner.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        e.kept = (f"{done} finished trials of {cfg.study!r} are kept in {mask_secrets(runner.url)}; "  # type: ignore[attr-defined]
+                  "run the same command to continue")
+        raise
+    return runner.finish(result, pareto_out=pareto_out)

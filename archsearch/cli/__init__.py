@@ -75,13 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)
         return 2
-    except _interrupts.Terminated:
-        _err.print(f"archsearch {args.command}: terminated (SIGTERM); finished work is kept, rerun to resume",
-                   markup=False, highlight=False)
-        return 143
-    except KeyboardInterrupt:
-        _err.print(f"archsearch {args.command}: interrupted", markup=False, highlight=False)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_interrupts.Terminated); the library says what it kept
+        term = isinstance(e, _interrupts.Terminated)
+        kept = getattr(e, "kept", "finished work is kept, rerun to resume")
+        _err.print(f"archsearch {args.command}: {'terminated (SIGTERM)' if term else 'interrupted'}; {kept}",
+                   markup=False, highlight=False, soft_wrap=True)
+        return 143 if term else 130
     finally:
         logger.removeHandler(handler)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .. import _interrupts, _scoped
+from .. import _scoped
 from .._outputs import prepare_output_dir
 from ..errors import mask_secrets
 
@@ -28,9 +28,7 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 
 def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
 
-    from optuna.trial import TrialState
-
-    from ..search import SearchRunner
+    from ..search import run_search
     from ..trials import load_trials
 
     cfg = load_trials(args.trials, args.overrides)
@@ -39,36 +37,27 @@ def _run_search(args: argparse.Namespace, *, worker: bool) -> int:
         return 0
     if args.pareto_out:  # checked before any trial runs, not after they are stored
         prepare_output_dir(args.pareto_out, "pareto", overwrite=args.overwrite, option="--pareto-out")
-    runner = SearchRunner(cfg, storage=args.storage, seed_offset=os.getpid() if worker else 0, warn=_warn)
-    budget = args.n_trials or cfg.n_trials
-    before = runner.counted_trials()
     from .._display import SearchDisplay
 
-    display = SearchDisplay(_out, _err, study=cfg.study, budget=budget, finished=before, quiet=args.quiet)
-    try:
-        # A Ctrl-C or SIGTERM that lands inside a database commit makes SQLAlchemy log the interrupted
-        # commit with its traceback; the command says "interrupted" in one line instead.
-        with display, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL, "sqlalchemy.engine": logging.CRITICAL}):
-            result = runner.run(n_trials=budget, on_trial=display.trial)
-    except KeyboardInterrupt as e:
-        done = len(runner.study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)))
-        why = "terminated (SIGTERM)" if isinstance(e, _interrupts.Terminated) else "interrupted"
-        _err.print(f"archsearch: {why}; {done} finished trials of {cfg.study!r} are kept in "
-                   f"{mask_secrets(runner.url)}; run the same command to continue", markup=False, highlight=False)
-        return 143 if isinstance(e, _interrupts.Terminated) else 130
-    result = runner.finish(result, pareto_out=Path(args.pareto_out) if args.pareto_out else None)
-    return _say_result(args, runner, cfg, result, worker=worker)
+    display = SearchDisplay(_out, _err, study=cfg.study, budget=args.n_trials or cfg.n_trials, quiet=args.quiet)
+    # A Ctrl-C or SIGTERM that lands inside a database commit makes SQLAlchemy log the interrupted commit with
+    # its traceback; the command says "interrupted" in one line instead (main's one mapping to exit codes).
+    with display, _scoped.log_levels({"sqlalchemy.pool": logging.CRITICAL, "sqlalchemy.engine": logging.CRITICAL}):
+        result = run_search(cfg, n_trials=args.n_trials, pareto_out=Path(args.pareto_out) if args.pareto_out else None,
+                            on_trial=display.trial, on_start=display.start, storage=args.storage,
+                            seed_offset=os.getpid() if worker else 0, warn=_warn)
+    return _say_result(args, cfg, result, worker=worker)
 
 
-def _say_result(args: argparse.Namespace, runner, cfg, result, *, worker: bool) -> int:
+def _say_result(args: argparse.Namespace, cfg, result, *, worker: bool) -> int:
     """The run's summary, where its front went, and the front as a table; exit 1 when no trial gave a result."""
     _out.print(
-        f"study {cfg.study!r} in {mask_secrets(runner.url)}: ran {result.ran} trials here; "
+        f"study {cfg.study!r} in {result.url}: ran {result.ran} trials here; "
         + ", ".join(f"{v} {k.lower()}" for k, v in result.states.items() if v)
         + f"; stopped by {result.stopped}; {len(result.pareto)} on the Pareto front"
-        + ("" if runner.tracker.enabled else " (MLflow tracking off)")
+        + ("" if result.tracking else " (MLflow tracking off)")
     )
-    _say_where(args, runner, cfg)
+    _say_where(args, result, cfg)
     if result.rungs:
         r = result.rungs
         _out.print(f"rungs {r['rungs']} steps: " + ", ".join(f"{n} stopped at rung {i}" for i, n in r["stopped_at"].items())
@@ -91,16 +80,16 @@ def _say_result(args: argparse.Namespace, runner, cfg, result, *, worker: bool) 
     return 0
 
 
-def _say_where(args: argparse.Namespace, runner, cfg) -> None:
+def _say_where(args: argparse.Namespace, result, cfg) -> None:
     """Where the front's table and plot went: the export directory and the study's MLflow parent run."""
     places = []
     if args.pareto_out:
         places.append(f"{args.pareto_out}/ (pareto.md, pareto.csv, pareto.png, the specs)")
-    if runner.tracker.enabled and runner.parent_run_id:
-        places.append(f"MLflow run {runner.parent_run_id} in {mask_secrets(cfg.tracking.uri)} "
+    if result.parent_run_id:
+        places.append(f"MLflow run {result.parent_run_id} in {mask_secrets(cfg.tracking.uri)} "
                       f"(experiment {cfg.tracking.experiment!r}; artifacts pareto/ once the budget is complete)")
     if not places:
-        places.append(f"nowhere yet: `archsearch pareto {cfg.study} --storage {mask_secrets(runner.url)} --out DIR` "
+        places.append(f"nowhere yet: `archsearch pareto {cfg.study} --storage {result.url} --out DIR` "
                       "writes the table and plot")
     _out.print("Pareto front: " + "; ".join(places), markup=False, highlight=False, soft_wrap=True)
 
