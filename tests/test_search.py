@@ -43,11 +43,16 @@ stages:
 
 
 def _experiment(tmp: Path, *, objectives: str = "[{name: macs, direction: minimize}, {name: naswot, direction: maximize}]",
-                n_trials: int = 8, storage: str | None = None, tracking: str | None = None, extra: str = "") -> Path:
+                n_trials: int = 8, storage: str | None = None, tracking: str | None = None, mlflow: bool = False,
+                extra: str = "") -> Path:
+    """A small experiment; MLflow tracking only where a test looks at it (``tracking`` URI, or ``mlflow`` for a
+    local SQLite store): creating a tracking database costs each process seconds."""
     (tmp / "space.yaml").write_text(SPACE)
     ref = get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).replace(
         stages=get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).stages[:2], head_dim=8)
     ref.replace(name="ref").save(tmp / "ref.yaml")
+    uri = tracking or (f"sqlite:///{tmp}/mlflow.db" if mlflow else None)
+    track = f'{{uri: "{uri}", experiment: t}}' if uri else "{enabled: false}"
     text = f"""
 name: t
 space: space.yaml
@@ -57,7 +62,7 @@ sampler: {{name: nsga2, seed: 0, population_size: 4}}
 n_trials: {n_trials}
 storage: {storage or f'sqlite:///{tmp}/study.db'}
 enqueue: [{{spec: ref.yaml, resolution: 64}}]
-tracking: {{uri: "{tracking or f'sqlite:///{tmp}/mlflow.db'}", experiment: t}}
+tracking: {track}
 measure: {{proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}, latency: {{threads: 1, warmup: 1, repeats: 3}}}}
 heartbeat_s: 1
 grace_s: 3
@@ -103,7 +108,7 @@ def test_shipped_experiments_load():
 
 
 def test_search_in_process(tmp_path):
-    cfg = load_trials(_experiment(tmp_path))
+    cfg = load_trials(_experiment(tmp_path, mlflow=True))
     warnings = []
     runner = SearchRunner(cfg, warn=warnings.append)
     result = runner.run()
@@ -140,7 +145,7 @@ def _parent_runs(uri: str, experiment: str = "t") -> list:
 def test_run_search_finishes_what_it_starts(tmp_path):
     from archsearch.search import run_search
 
-    cfg = load_trials(_experiment(tmp_path, n_trials=6))
+    cfg = load_trials(_experiment(tmp_path, n_trials=6, mlflow=True))
     result = run_search(cfg, pareto_out=tmp_path / "front")
     assert result.complete and result.pareto and (tmp_path / "front" / "pareto.csv").exists()
     # The dashboard and optuna.visualization name the objectives.
@@ -159,7 +164,7 @@ def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
     cfg = load_trials(_experiment(tmp_path, n_trials=5))
     runner = SearchRunner(cfg)
     calls = {"n": 0}
-    original = runner.evaluate
+    original = runner.evaluator.values
 
     def flaky(spec, resolution, trial=None):
         calls["n"] += 1
@@ -167,7 +172,7 @@ def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
             raise RuntimeError("simulated measurement crash")
         return original(spec, resolution, trial)
 
-    monkeypatch.setattr(runner, "evaluate", flaky)
+    monkeypatch.setattr(runner.evaluator, "values", flaky)
     study = runner.run().study
     assert len(study.get_trials(states=(TrialState.FAIL,))) == 1
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 5
@@ -181,7 +186,7 @@ def test_a_search_whose_trials_all_fail_stops(tmp_path, monkeypatch):
     def broken(spec, resolution, trial=None):
         raise RuntimeError("no such device")
 
-    monkeypatch.setattr(runner, "evaluate", broken)
+    monkeypatch.setattr(runner.evaluator, "values", broken)
     result = runner.run()
     assert "3 failed trials in a row" in result.stopped
     assert len(result.study.get_trials(states=(TrialState.FAIL,))) == 3
@@ -256,7 +261,9 @@ SLOW = "[{name: latency_ms, direction: minimize}, {name: macs, direction: minimi
 def test_sigint_then_resume(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=6, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
-    slow = ["measure.latency.repeats=3000"]  # seconds a trial, so that the signal lands mid-study
+    # Seconds a trial, so that the signal lands mid-study; one attempt each (a busy host's noisy re-measure
+    # would triple them).
+    slow = ["measure.latency.repeats=3000", "measure.latency.noisy_retries=0"]
     proc = _cli(["search", str(path), *slow], tmp_path)
     _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 2, 240, "two complete trials")
     proc.send_signal(signal.SIGINT)
@@ -280,7 +287,7 @@ def test_sigint_then_resume(tmp_path):
 def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    victim = _cli(["worker", str(path), "measure.latency.repeats=3000"], tmp_path)
+    victim = _cli(["worker", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0"], tmp_path)
     _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
     time.sleep(1.5)  # let its heartbeat start
     running = [n for n, s in _states(url).items() if s == TrialState.RUNNING]
@@ -405,7 +412,7 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials); no
     # reference (it would be timed before any trial, and its enqueued trial is then served from the cache).
-    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "grace_s=600", "tracking.enabled=false",
+    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "measure.latency.noisy_retries=0", "grace_s=600", "tracking.enabled=false",
                    "enqueue=[]"], tmp_path)
 
     def measuring() -> list:  # a trial killed before it names its worker waits for grace_s (documented)
@@ -434,7 +441,7 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
 def test_sigterm_is_handled_like_sigint(tmp_path):
     path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    proc = _cli(["search", str(path), "measure.latency.repeats=3000", "tracking.enabled=false"], tmp_path)
+    proc = _cli(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0", "tracking.enabled=false"], tmp_path)
     _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
     proc.send_signal(signal.SIGTERM)
     asked = time.monotonic()
@@ -478,8 +485,7 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
 
 
 def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypatch):
-    path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8,
-                       extra="")
+    path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8, mlflow=True)
     cfg = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=1"])
     result = SearchRunner(cfg).run()
     study = result.study
@@ -549,21 +555,22 @@ def test_multi_fidelity_search_stops_trials_at_rungs(tmp_path):
 
 
 def test_a_trial_promoted_across_rungs_builds_its_model_and_loads_its_data_once(tmp_path, monkeypatch):
+    import archsearch.proxy._lightning as lightning_module
     import archsearch.proxy.train as train_module
 
     counts = {"build_model": 0, "load_data": 0}
 
-    def counted(name):
-        real = getattr(train_module, name)
+    def counted(module, name):
+        real = getattr(module, name)
 
         def wrapper(*args, **kwargs):
             counts[name] += 1
             return real(*args, **kwargs)
 
-        return wrapper
+        monkeypatch.setattr(module, name, wrapper)
 
-    for name in counts:
-        monkeypatch.setattr(train_module, name, counted(name))
+    counted(lightning_module, "build_model")  # where the proxy's model is built
+    counted(train_module, "load_data")
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path / "cache"))  # a fresh cache: every trial trains
     cfg = load_trials(_rung_experiment(tmp_path, n_trials=3), [RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]",
                                                               "fidelity.finish_share=0"])
