@@ -79,3 +79,38 @@ def write_fashion(root, n_train: int = 40, n_val: int = 20, gz: bool = True) -> 
         for name, arr in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
             data = idx_bytes(arr)
             (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
+
+
+# --- the command line, in this process -----------------------------------------------------------------
+
+def run_cli(args, cwd=None, env=None) -> "subprocess.CompletedProcess":
+    """``archsearch ARGS`` as :func:`archsearch.cli.main` in this process, with ``cwd`` and ``env`` (added to
+    os.environ) for the call only, its stdout and stderr captured: what a subprocess would give, without paying
+    the interpreter's start-up and a cold import of torch, timm and optuna (seconds per call).
+
+    Tests of the executable itself (signals, kill -9, memory limits, imports at start-up) run it as a
+    subprocess instead."""
+    import contextlib
+    import io
+    import subprocess
+
+    from archsearch.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env = dict(os.environ)
+    with contextlib.ExitStack() as stack:
+        if cwd is not None:
+            here = os.getcwd()
+            os.chdir(cwd)
+            stack.callback(os.chdir, here)
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        os.environ.update(env or {})
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse: --help, a usage error
+            code = e.code if isinstance(e.code, int) else 2
+        finally:
+            os.environ.clear()
+            os.environ.update(saved_env)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

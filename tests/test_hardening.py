@@ -18,7 +18,7 @@ from archsearch.cli import main
 from archsearch.errors import ArchsearchError, ConfigError
 from archsearch.references import get_reference
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 
 def _bomb(levels: int = 10) -> str:
@@ -56,7 +56,7 @@ def test_alias_bomb_is_refused_at_once_everywhere(tmp_path):
     _one_line_error(proc, "bomb.yaml", "expands to more than")
     assert time.perf_counter() - t0 < 30  # the interpreter's start-up; the refusal itself is milliseconds
     for command in (["sample", str(bomb), "--out", str(tmp_path / "s")], ["build", str(bomb)], ["ablate", str(bomb), "--out", str(tmp_path / "a")]):
-        _one_line_error(_cli(command, ROOT, timeout=60), "expands to more than")
+        _one_line_error(run_cli(command, ROOT), "expands to more than")
     assert not (tmp_path / "s").exists()
 
 
@@ -86,6 +86,7 @@ def test_recursive_deep_and_oversized_yaml(tmp_path):
 @pytest.mark.slow
 def test_damaged_measurement_cache_is_set_aside(tmp_path):
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    # Processes of their own: each opens the cache file afresh, as separate commands do.
     assert _cli(["measure", "fastvit_t8", "-r", "64", "-m", "params", "--json"], tmp_path, env).returncode == 0
     db = tmp_path / "cache" / "measurements.sqlite"
     with open(db, "r+b") as f:
@@ -110,7 +111,7 @@ def test_damaged_cache_during_a_search_does_not_fail_trials(tmp_path):
     args = ["search", str(ROOT / "trials" / "quickstart.yaml"), "tracking.enabled=false", "enqueue=[]",
             "objectives=[{name: params}, {name: macs}]", 'space_overrides=["resolution=[64]"]',
             f"space={ROOT / 'search_spaces' / 'fastvithd.yaml'}", "--storage", f"sqlite:///{tmp_path}/c.db", "n_trials=3"]
-    proc = _cli(args, tmp_path, env, timeout=600)
+    proc = run_cli(args, tmp_path, env)
     assert proc.returncode == 0, proc.stderr
     import optuna
 
@@ -135,16 +136,16 @@ def test_damaged_latency_table_is_set_aside(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_memory_and_size_refusals(tmp_path):
-    _one_line_error(_cli(["measure", "fastvit_t8", "-r", "100000", "-m", "latency"], tmp_path), "resolution", "16384")
+    _one_line_error(run_cli(["measure", "fastvit_t8", "-r", "100000", "-m", "latency"], tmp_path), "resolution", "16384")
     t0 = time.perf_counter()
-    line = _one_line_error(_cli(["measure", "fastvit_t8", "-r", "16000", "-m", "latency"], tmp_path),
+    line = _one_line_error(run_cli(["measure", "fastvit_t8", "-r", "16000", "-m", "latency"], tmp_path),
                            "GB", "ARCHSEARCH_MAX_MEMORY_GB")
     assert "activations" in line and time.perf_counter() - t0 < 60
     wide = tmp_path / "wide.yaml"
     wide.write_text("stages:\n  - {depth: 1, width: 1000000000}\n")
-    _one_line_error(_cli(["measure", str(wide), "-r", "64", "-m", "params"], tmp_path), "stages[0].width", "16384")
+    _one_line_error(run_cli(["measure", str(wide), "-r", "64", "-m", "params"], tmp_path), "stages[0].width", "16384")
     # A limit set by the user is obeyed, and named in the message.
-    _one_line_error(_cli(["measure", "fastvit_t8", "-r", "256", "-m", "latency"], tmp_path,
+    _one_line_error(run_cli(["measure", "fastvit_t8", "-r", "256", "-m", "latency"], tmp_path,
                          {"ARCHSEARCH_MAX_MEMORY_GB": "0.01"}), "0.0 GB allowed", "ARCHSEARCH_MAX_MEMORY_GB")
 
 
