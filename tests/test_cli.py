@@ -10,7 +10,7 @@ import pytest
 from archsearch.cli import main
 from archsearch.spec import ArchSpec
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 
 def _json(capsys, *args: str):
@@ -189,17 +189,18 @@ def test_search_prints_one_line_per_finished_trial_and_no_warnings(tmp_path):
     assert all(" trial " in l for l in lines)
     assert not [l for l in text.splitlines() if l.startswith("warning:")], text
     assert "Pareto front: nowhere yet: `archsearch pareto quickstart" in proc.stdout
-    # Resumed: a note (no "warning:"), and nothing more to run.
-    proc = _run_piped(["search", *Q, "n_trials=6"], tmp_path)
+    # Resumed: a note (no "warning:"), and nothing more to run (in this process: the same main, no start-up).
+    env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    proc = run_cli(["search", *Q, "n_trials=6"], tmp_path, env)
     assert proc.returncode == 0 and "resuming study 'quickstart'" in proc.stderr
     assert not [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
-    assert _run_piped(["search", *Q, "n_trials=6", "--quiet"], tmp_path).stderr == ""
+    assert run_cli(["search", *Q, "n_trials=6", "--quiet"], tmp_path, env).stderr == ""
 
 
 @pytest.mark.slow
 def test_ablate_prints_one_line_per_unit(tmp_path):
-    proc = _run_piped(["ablate", str(ROOT / "trials" / "ablate_downsampling.yaml"), "--out", str(tmp_path / "a"), "--quick",
-                       "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path)
+    proc = run_cli(["ablate", str(ROOT / "trials" / "ablate_downsampling.yaml"), "--out", str(tmp_path / "a"), "--quick",
+                    "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path, {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
     assert [l.split("]")[0] for l in proc.stdout.splitlines() if l.startswith("[")] == [f"[{k}/6" for k in range(1, 7)]
 

@@ -23,7 +23,7 @@ from archsearch.references import get_reference
 from archsearch.search import SearchRunner
 from archsearch.trials import load_trials
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 #: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
 pytestmark = pytest.mark.slow
@@ -455,18 +455,17 @@ def test_sigterm_is_handled_like_sigint(tmp_path):
 def test_a_study_reopened_with_another_space_is_refused(tmp_path):
     path = _experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
-    first = _cli(["search", str(path), "tracking.enabled=false"], tmp_path)
-    assert first.wait(timeout=300) == 0
+    env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    assert run_cli(["search", str(path), "tracking.enabled=false"], tmp_path, env).returncode == 0
     before = _states(url)
     for change in ('space_overrides=["resolution=[128]"]', 'space_overrides=["stages.0.width=[24]"]'):
-        proc = _cli(["search", str(path), "n_trials=4", "tracking.enabled=false", change], tmp_path)
-        out, err = proc.communicate(timeout=300)
-        assert proc.returncode == 2, (out, err)
-        assert err.count("\n") == 1 and "another search space" in err
+        proc = run_cli(["search", str(path), "n_trials=4", "tracking.enabled=false", change], tmp_path, env)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "another search space" in proc.stderr
         assert _states(url) == before
     # The same space resumes.
-    proc = _cli(["search", str(path), "n_trials=4", "tracking.enabled=false"], tmp_path)
-    assert proc.wait(timeout=300) == 0 and len(_states(url)) >= 4
+    proc = run_cli(["search", str(path), "n_trials=4", "tracking.enabled=false"], tmp_path, env)
+    assert proc.returncode == 0 and len(_states(url)) >= 4
 
 
 def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
