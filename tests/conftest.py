@@ -3,13 +3,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 import gzip
 import struct
+import subprocess
+
+import pytest
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from archsearch.references import get_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -81,9 +85,75 @@ def write_fashion(root, n_train: int = 40, n_val: int = 20, gz: bool = True) -> 
             (root / (name + (".gz" if gz else ""))).write_bytes(gzip.compress(data) if gz else data)
 
 
+# --- small search spaces and experiments ---------------------------------------------------------------
+
+#: A tiny space of every structural choice (strides, stage counts, attention placement).
+TINY = """
+name: tiny
+resolution: [64]
+num_stages: [2, 3]
+output_stride: [8, 16, 32]
+num_attention_stages: [0, 1, 2]
+fixed: {head_dim: 8}
+stages:
+  - {depth: [1], width: [8, 16]}
+  - {depth: [1], width_mult: [1, 2], token_mixer: [repmixer, attention]}
+  - {depth: [1], width: [4, 32], token_mixer: [attention]}
+"""
+
+#: The search tests' space: small enough that a trial measures in well under a second.
+SEARCH_SPACE = """
+name: tiny
+resolution: [32, 64]
+num_stages: [2, 3]
+output_stride: [8, 16]
+num_attention_stages: [0, 1]
+fixed: {head_dim: 8}
+stages:
+  - {depth: [1], width: [8, 16]}
+  - {depth: [1, 2], width_mult: [1, 2], token_mixer: [repmixer, attention]}
+  - {depth: [1], width_mult: [1, 2], token_mixer: [repmixer, attention]}
+"""
+
+
+def experiment(tmp: Path, *, objectives: str = "[{name: macs, direction: minimize}, {name: naswot, direction: maximize}]",
+                n_trials: int = 8, storage: str | None = None, tracking: str | None = None, mlflow: bool = False,
+                extra: str = "") -> Path:
+    """A small experiment; MLflow tracking only where a test looks at it (``tracking`` URI, or ``mlflow`` for a
+    local SQLite store): creating a tracking database costs each process seconds."""
+    (tmp / "space.yaml").write_text(SEARCH_SPACE)
+    ref = get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).replace(
+        stages=get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).stages[:2], head_dim=8)
+    ref.replace(name="ref").save(tmp / "ref.yaml")
+    uri = tracking or (f"sqlite:///{tmp}/mlflow.db" if mlflow else None)
+    track = f'{{uri: "{uri}", experiment: t}}' if uri else "{enabled: false}"
+    text = f"""
+name: t
+space: space.yaml
+objectives: {objectives}
+constraints: [{{metric: tokens, max: 64}}]
+sampler: {{name: nsga2, seed: 0, population_size: 4}}
+n_trials: {n_trials}
+storage: {storage or f'sqlite:///{tmp}/study.db'}
+enqueue: [{{spec: ref.yaml, resolution: 64}}]
+tracking: {track}
+measure: {{proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}, latency: {{threads: 1, warmup: 1, repeats: 3}}}}
+heartbeat_s: 1
+grace_s: 3
+{extra}
+"""
+    (tmp / "trials.yaml").write_text(text)
+    return tmp / "trials.yaml"
+
+
+def cli_env(tmp: Path) -> dict:
+    """The environment of a command-line subprocess: its own cache, unbuffered output."""
+    return {**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
 # --- the command line, in this process -----------------------------------------------------------------
 
-def run_cli(args, cwd=None, env=None) -> "subprocess.CompletedProcess":
+def run_cli(args, cwd=None, env=None) -> subprocess.CompletedProcess:
     """``archsearch ARGS`` as :func:`archsearch.cli.main` in this process, with ``cwd`` and ``env`` (added to
     os.environ) for the call only, its stdout and stderr captured: what a subprocess would give, without paying
     the interpreter's start-up and a cold import of torch, timm and optuna (seconds per call).
@@ -92,7 +162,6 @@ def run_cli(args, cwd=None, env=None) -> "subprocess.CompletedProcess":
     subprocess instead."""
     import contextlib
     import io
-    import subprocess
 
     from archsearch.cli import main
 

@@ -102,7 +102,7 @@ def test_report_on_a_study(tmp_path):
     from archsearch.search import SearchRunner
     from archsearch.trials import load_trials
 
-    from .test_search import _experiment
+    from .conftest import experiment as _experiment
 
     study = SearchRunner(load_trials(_experiment(tmp_path, n_trials=8))).run().study
     path = report_study(study, tmp_path / "rep")

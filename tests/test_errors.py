@@ -11,7 +11,7 @@ from archsearch.space import load_space
 from archsearch.spec import ArchSpec
 
 from .conftest import run_cli
-from .test_space import TINY
+from .conftest import TINY
 
 # (description, text replacing a line of TINY or a whole document, expected key in the message)
 BAD_SPACES = [

@@ -2,7 +2,6 @@
 MLflow runs, Pareto export. Tiny spaces and cheap objectives keep each test to seconds."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -23,58 +22,10 @@ from archsearch.references import get_reference
 from archsearch.search import SearchRunner
 from archsearch.trials import load_trials
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, cli_env, experiment, run_cli
 
 #: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
 pytestmark = pytest.mark.slow
-
-SPACE = """
-name: tiny
-resolution: [32, 64]
-num_stages: [2, 3]
-output_stride: [8, 16]
-num_attention_stages: [0, 1]
-fixed: {head_dim: 8}
-stages:
-  - {depth: [1], width: [8, 16]}
-  - {depth: [1, 2], width_mult: [1, 2], token_mixer: [repmixer, attention]}
-  - {depth: [1], width_mult: [1, 2], token_mixer: [repmixer, attention]}
-"""
-
-
-def _experiment(tmp: Path, *, objectives: str = "[{name: macs, direction: minimize}, {name: naswot, direction: maximize}]",
-                n_trials: int = 8, storage: str | None = None, tracking: str | None = None, mlflow: bool = False,
-                extra: str = "") -> Path:
-    """A small experiment; MLflow tracking only where a test looks at it (``tracking`` URI, or ``mlflow`` for a
-    local SQLite store): creating a tracking database costs each process seconds."""
-    (tmp / "space.yaml").write_text(SPACE)
-    ref = get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).replace(
-        stages=get_reference("fastvit_t8").spec.scaled(width_mult=1 / 6, max_depth=1).stages[:2], head_dim=8)
-    ref.replace(name="ref").save(tmp / "ref.yaml")
-    uri = tracking or (f"sqlite:///{tmp}/mlflow.db" if mlflow else None)
-    track = f'{{uri: "{uri}", experiment: t}}' if uri else "{enabled: false}"
-    text = f"""
-name: t
-space: space.yaml
-objectives: {objectives}
-constraints: [{{metric: tokens, max: 64}}]
-sampler: {{name: nsga2, seed: 0, population_size: 4}}
-n_trials: {n_trials}
-storage: {storage or f'sqlite:///{tmp}/study.db'}
-enqueue: [{{spec: ref.yaml, resolution: 64}}]
-tracking: {track}
-measure: {{proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}, latency: {{threads: 1, warmup: 1, repeats: 3}}}}
-heartbeat_s: 1
-grace_s: 3
-{extra}
-"""
-    (tmp / "trials.yaml").write_text(text)
-    return tmp / "trials.yaml"
-
-
-def _env(tmp: Path) -> dict:
-    return {**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
-
 
 def _default_sigint() -> None:
     # A harness that runs the suite in the background (`cmd &` in a script) starts it with SIGINT ignored,
@@ -83,7 +34,7 @@ def _default_sigint() -> None:
 
 
 def _cli(args, tmp: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp, env=_env(tmp),
+    return subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp, env=cli_env(tmp),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
 
 
@@ -108,7 +59,7 @@ def test_shipped_experiments_load():
 
 
 def test_search_in_process(tmp_path):
-    cfg = load_trials(_experiment(tmp_path, mlflow=True))
+    cfg = load_trials(experiment(tmp_path, mlflow=True))
     warnings = []
     runner = SearchRunner(cfg, warn=warnings.append)
     result = runner.run()
@@ -145,7 +96,7 @@ def _parent_runs(uri: str, experiment: str = "t") -> list:
 def test_run_search_finishes_what_it_starts(tmp_path):
     from archsearch.search import run_search
 
-    cfg = load_trials(_experiment(tmp_path, n_trials=6, mlflow=True))
+    cfg = load_trials(experiment(tmp_path, n_trials=6, mlflow=True))
     result = run_search(cfg, pareto_out=tmp_path / "front")
     assert result.complete and result.pareto and (tmp_path / "front" / "pareto.csv").exists()
     # The dashboard and optuna.visualization name the objectives.
@@ -161,7 +112,7 @@ def test_run_search_finishes_what_it_starts(tmp_path):
 
 
 def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
-    cfg = load_trials(_experiment(tmp_path, n_trials=5))
+    cfg = load_trials(experiment(tmp_path, n_trials=5))
     runner = SearchRunner(cfg)
     calls = {"n": 0}
     original = runner.evaluator.values
@@ -179,7 +130,7 @@ def test_failing_trial_does_not_stop_the_study(tmp_path, monkeypatch):
 
 
 def test_a_search_whose_trials_all_fail_stops(tmp_path, monkeypatch):
-    cfg = load_trials(_experiment(tmp_path, n_trials=50), ["max_consecutive_failures=3", "tracking.enabled=false"])
+    cfg = load_trials(experiment(tmp_path, n_trials=50), ["max_consecutive_failures=3", "tracking.enabled=false"])
     warnings = []
     runner = SearchRunner(cfg, warn=warnings.append)
 
@@ -197,7 +148,7 @@ def test_unreachable_tracking_warns_once(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = load_trials(_experiment(tmp_path, n_trials=3, tracking=f"http://127.0.0.1:{port}"))
+    cfg = load_trials(experiment(tmp_path, n_trials=3, tracking=f"http://127.0.0.1:{port}"))
     warnings = []
     study = SearchRunner(cfg, warn=warnings.append).run().study
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
@@ -205,7 +156,7 @@ def test_unreachable_tracking_warns_once(tmp_path):
 
 
 def test_bad_experiment_files(tmp_path):
-    path = _experiment(tmp_path)
+    path = experiment(tmp_path)
     text = path.read_text()
     cases = [
         (text.replace("name: macs", "name: beauty"), "objectives[0].name: 'beauty' is not one of"),
@@ -225,7 +176,7 @@ def test_bad_experiment_files(tmp_path):
 
 
 def test_directions_of_an_existing_study_are_checked(tmp_path):
-    cfg = load_trials(_experiment(tmp_path, n_trials=2))
+    cfg = load_trials(experiment(tmp_path, n_trials=2))
     SearchRunner(cfg).run()
     flipped = load_trials(tmp_path / "trials.yaml", ["objectives.0.direction=maximize"])
     with pytest.raises(ConfigError, match="already exists"):
@@ -259,7 +210,7 @@ SLOW = "[{name: latency_ms, direction: minimize}, {name: macs, direction: minimi
 
 
 def test_sigint_then_resume(tmp_path):
-    path = _experiment(tmp_path, objectives=SLOW, n_trials=6, extra="")
+    path = experiment(tmp_path, objectives=SLOW, n_trials=6, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
     # Seconds a trial, so that the signal lands mid-study; one attempt each (a busy host's noisy re-measure
     # would triple them).
@@ -285,7 +236,7 @@ def test_sigint_then_resume(tmp_path):
 
 
 def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
-    path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
+    path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
     victim = _cli(["worker", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0"], tmp_path)
     _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
@@ -340,7 +291,7 @@ def postgres_dbs():
 
 def test_three_workers_on_postgresql(tmp_path, postgres_dbs):
     optuna_url, mlflow_url = postgres_dbs
-    path = _experiment(tmp_path, n_trials=30, storage=optuna_url, tracking=mlflow_url)
+    path = experiment(tmp_path, n_trials=30, storage=optuna_url, tracking=mlflow_url)
     # Create the study and the MLflow tables once, so the three workers race only for trials.
     SearchRunner(load_trials(path)).run(n_trials=1)
     workers = [_cli(["worker", str(path)], tmp_path) for _ in range(3)]
@@ -374,7 +325,7 @@ def test_pareto_helpers():
 def test_pareto_cli(tmp_path, capsys):
     from archsearch.cli import main
 
-    cfg = load_trials(_experiment(tmp_path, n_trials=4))
+    cfg = load_trials(experiment(tmp_path, n_trials=4))
     SearchRunner(cfg).run()
     assert main(["pareto", "t", "--storage", cfg.storage, "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "pareto.csv").read_text().startswith("trial,arch,resolution,output_stride,spec_hash,macs,naswot")
@@ -383,7 +334,7 @@ def test_pareto_cli(tmp_path, capsys):
 
 
 def test_train_proxy_objective(tmp_path):
-    cfg = load_trials(_experiment(tmp_path, objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
+    cfg = load_trials(experiment(tmp_path, objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
                                   n_trials=2), ["measure.train.steps=4", "measure.train.resolution=32", "measure.train.data=digits", "measure.train.train_size=64", "measure.train.val_size=32", "measure.train.batch_size=16", "tracking.enabled=false"])
     study = SearchRunner(cfg).run().study
     done = study.get_trials(states=(TrialState.COMPLETE,))
@@ -393,7 +344,7 @@ def test_train_proxy_objective(tmp_path):
 
 def test_a_run_that_only_failed_exits_non_zero(tmp_path):
     # Every trial fails (no CUDA device here): the command says why in one line and exits 1, not 0.
-    path = _experiment(tmp_path, objectives="[{name: latency_ms}]", n_trials=4)
+    path = experiment(tmp_path, objectives="[{name: latency_ms}]", n_trials=4)
     proc = _cli(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false", "max_consecutive_failures=2"],
                 tmp_path)
     out, err = proc.communicate(timeout=300)
@@ -408,7 +359,7 @@ def test_a_run_that_only_failed_exits_non_zero(tmp_path):
 
 def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     # The dead worker ran on this host: its trial is failed and retried at once, not after grace_s (600 s).
-    path = _experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
+    path = experiment(tmp_path, objectives=SLOW, n_trials=3, extra="")
     url = f"sqlite:///{tmp_path}/study.db"
     # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials); no
     # reference (it would be timed before any trial, and its enqueued trial is then served from the cache).
@@ -439,7 +390,7 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
 
 
 def test_sigterm_is_handled_like_sigint(tmp_path):
-    path = _experiment(tmp_path, objectives=SLOW, n_trials=3)
+    path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
     proc = _cli(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0", "tracking.enabled=false"], tmp_path)
     _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
@@ -453,7 +404,7 @@ def test_sigterm_is_handled_like_sigint(tmp_path):
 
 
 def test_a_study_reopened_with_another_space_is_refused(tmp_path):
-    path = _experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=2)
+    path = experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=2)
     url = f"sqlite:///{tmp_path}/study.db"
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
     assert run_cli(["search", str(path), "tracking.enabled=false"], tmp_path, env).returncode == 0
@@ -471,7 +422,7 @@ def test_a_study_reopened_with_another_space_is_refused(tmp_path):
 def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
     # Both create Optuna's (and MLflow's) tables at once: neither may die of it; the budget is exact.
     optuna_url, mlflow_url = postgres_dbs
-    path = _experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=6, storage=optuna_url,
+    path = experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=6, storage=optuna_url,
                        tracking=mlflow_url)
     workers = [_cli(["worker", str(path)], tmp_path) for _ in range(2)]
     for w in workers:
@@ -484,7 +435,7 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
 
 
 def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypatch):
-    path = _experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8, mlflow=True)
+    path = experiment(tmp_path, objectives="[{name: predicted_latency_ms}, {name: macs}]", n_trials=8, mlflow=True)
     cfg = load_trials(path, ["measure.predictor_fit=3", "measure.latency.threads=1"])
     result = SearchRunner(cfg).run()
     study = result.study
@@ -521,7 +472,7 @@ RUNG_TRAIN = ("measure.train={data: digits, resolution: 32, max_depth: 1, width_
 
 
 def _rung_experiment(tmp_path: Path, n_trials: int = 8, storage: str | None = None) -> Path:
-    return _experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=n_trials, storage=storage,
+    return experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=n_trials, storage=storage,
                        extra="fidelity: {metric: train_top1, rungs: [2, 4, 8], eta: 2}")
 
 
@@ -614,14 +565,14 @@ def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgr
 
 def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
     # The killed trial's rung-0 values must not block its retry, and its checkpoint must not outlive it.
-    path = _experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
+    path = experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
                        extra="fidelity: {metric: train_top1, rungs: [2, 150], eta: 2}")
     url = f"sqlite:///{tmp_path}/study.db"
     env_tmp = tmp_path / "tmp"
     env_tmp.mkdir()
     args = ["search", str(path), RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]", "grace_s=600"]
     victim = subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
-                              env={**_env(tmp_path), "TMPDIR": str(env_tmp)}, stdout=subprocess.PIPE,
+                              env={**cli_env(tmp_path), "TMPDIR": str(env_tmp)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     rung_dir = tmp_path / "cache" / "rungs"
 
@@ -638,7 +589,7 @@ def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoi
     victim.communicate(timeout=60)
     assert list(rung_dir.rglob("*.ckpt")), "the checkpoint lives under the study's cache, not in $TMPDIR"
     rerun = subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
-                           env={**_env(tmp_path), "TMPDIR": str(env_tmp)}, capture_output=True, text=True, timeout=900)
+                           env={**cli_env(tmp_path), "TMPDIR": str(env_tmp)}, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="t", storage=url)
     from archsearch.pareto import pareto_rows

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from archsearch.serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV
 
-from .test_search import SPACE
+from .conftest import SEARCH_SPACE as SPACE
 
 #: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
 pytestmark = pytest.mark.slow

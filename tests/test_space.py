@@ -10,7 +10,7 @@ from archsearch.errors import InvalidSample
 from archsearch.references import get_reference
 from archsearch.space import SearchSpace, draw, load_space
 
-from .conftest import SPACES
+from .conftest import SPACES, TINY
 
 LOW_RES = [32, 48, 64, (48, 80), 57, 96]
 
@@ -96,18 +96,6 @@ def _tiny_space(tmp_path, body: str) -> SearchSpace:
     return load_space(path)
 
 
-TINY = """
-name: tiny
-resolution: [64]
-num_stages: [2, 3]
-output_stride: [8, 16, 32]
-num_attention_stages: [0, 1, 2]
-fixed: {head_dim: 8}
-stages:
-  - {depth: [1], width: [8, 16]}
-  - {depth: [1], width_mult: [1, 2], token_mixer: [repmixer, attention]}
-  - {depth: [1], width: [4, 32], token_mixer: [attention]}
-"""
 
 
 def test_rejections_name_their_rule(tmp_path):

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from .test_search import _env, _experiment
+from .conftest import cli_env as _env, experiment as _experiment
 
 
 def _free_port() -> int:
