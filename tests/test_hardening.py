@@ -283,7 +283,7 @@ def _alarm(signum, frame):  # noqa: ARG001
     raise _Hang()
 
 
-@settings(max_examples=240, deadline=None, derandomize=True,
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @pytest.mark.slow
 @given(case=_mutated())

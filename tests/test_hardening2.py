@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 from archsearch.cli import main
 from archsearch.errors import mask_secrets
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 QUICKSTART = str(ROOT / "trials" / "quickstart.yaml")
 Q = [QUICKSTART, "tracking.enabled=false", "enqueue=[]", "objectives=[{name: params}, {name: macs}]",
@@ -79,8 +78,7 @@ def test_a_run_that_completed_no_trial_exits_non_zero(tmp_path):
     # On a CPU machine every latency trial fails; an invalid sample is PRUNED: still nothing completed.
     args = [*Q, "objectives=[{name: params}, {name: latency_ms}]", "measure.latency.backend=cuda",
             "--storage", f"sqlite:///{tmp_path}/f.db", "n_trials=4", "max_consecutive_failures=3"]
-    proc = subprocess.run([sys.executable, "-m", "archsearch.cli", "search", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
+    proc = run_cli(["search", *args], tmp_path, {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
     if proc.returncode == 0 and "cuda" not in proc.stderr.lower():
         pytest.skip("this machine has a CUDA device: the trials do not fail")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
@@ -317,8 +315,7 @@ def test_an_unreachable_mlflow_database_costs_seconds_and_one_warning(tmp_path):
     start = time.monotonic()
     args = ["search", *Q, "n_trials=2", "tracking.enabled=true", "tracking.uri=postgresql://nobody@127.0.0.1:1/mlflow",
             "--storage", f"sqlite:///{tmp_path}/m.db", "-q"]
-    proc = subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
+    proc = run_cli(args, tmp_path, {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "c")})
     assert proc.returncode == 0, proc.stderr
     warnings = [l for l in proc.stderr.splitlines() if l.startswith("warning:")]
     assert len(warnings) == 1 and "MLflow tracking" in warnings[0] and "Traceback" not in proc.stderr

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from archsearch.serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV
 
-from .conftest import SEARCH_SPACE as SPACE
+from .conftest import SEARCH_SPACE as SPACE, run_cli
 
 #: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
 pytestmark = pytest.mark.slow
@@ -209,9 +209,8 @@ measure: {{latency: {{backend: remote, url: "{url}", threads: 1, warmup: 1, repe
 
 
 def _search(path: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, TOKEN_ENV: TOKEN, "ARCHSEARCH_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "archsearch.cli", "search", str(path), *extra], env=env,
-                          capture_output=True, text=True, timeout=600)
+    """``archsearch search PATH`` in this process, with the token in the environment (the server is the subprocess)."""
+    return run_cli(["search", str(path), *extra], env={TOKEN_ENV: TOKEN, "ARCHSEARCH_CACHE_DIR": str(cache)})
 
 
 def test_search_times_on_the_device_server_and_the_cache_sends_nothing_twice(server, tmp_path):
