@@ -14,7 +14,7 @@ from ._study import record_measurements
 from .errors import InvalidSample
 from .metrics import Measurer
 from .space import SearchSpace
-from .spec import ArchSpec
+from .spec import ArchSpec, Encoder
 from .trials import TrialsConfig
 
 __all__ = ["Evaluator"]
@@ -62,7 +62,7 @@ class Evaluator:
             trial.set_constraint(f"{c.metric}", violation)
         return [values[o.name] for o in self.cfg.objectives]
 
-    def values(self, spec: ArchSpec, resolution: int, trial: optuna.Trial | None = None) -> Dict[str, float]:
+    def values(self, spec: Encoder, resolution: int, trial: optuna.Trial | None = None) -> Dict[str, float]:
         """Every objective and constraint metric of a candidate (measurements are cached)."""
         values, row = self.measurer.values(spec, resolution, self.metric_names)
         if trial is not None:
@@ -82,7 +82,7 @@ class Evaluator:
                               resolution=resolution, values=values, checkpoint_dir=rung_dir(self.url, self.cfg.study),
                               finishing=ATTR_FINISHES in trial.user_attrs)
 
-    def reference(self, spec: ArchSpec, resolution: int) -> Dict[str, float]:
+    def reference(self, spec: Encoder, resolution: int) -> Dict[str, float]:
         """A reference's values; in a rung study its training is the rung run every trial gets, never stopped,
         so that its enqueued trial replays the cached run instead of training it a second time."""
         f = self.cfg.fidelity
@@ -103,7 +103,7 @@ class Evaluator:
             out.append(max(v - c.max if c.max is not None else float("-inf"), c.min - v if c.min is not None else float("-inf")))
         return out
 
-    def references(self, study: optuna.Study, references: List[Tuple[ArchSpec, int]], warn: Callable[[str], None]) -> list:
+    def references(self, study: optuna.Study, references: List[Tuple[Encoder, int]], warn: Callable[[str], None]) -> list:
         """Evaluate the study's references, enqueue those the space can sample as its first trials, and return
         their summaries (name, values, feasibility) for the study's attributes. One that cannot be measured is
         reported and skipped: it must not stop the study."""

@@ -26,7 +26,7 @@ from .options import ZERO_COST_NAMES, MeasureOptions
 from .progress import UnitEvent
 from .references import load_spec
 from .space import apply_overrides
-from .spec import ArchSpec
+from .spec import ArchSpec, Encoder
 from .tracking import Tracker
 from .trials import TrackingConfig
 
@@ -118,7 +118,7 @@ def _apply(spec: ArchSpec, variant: VariantConfig, key: str) -> ArchSpec:
         raise ConfigError(f"{key}: {e.key}" if e.key else key, e.message) from None
 
 
-def _load(name: str, key: str) -> ArchSpec:
+def _load(name: str, key: str) -> Encoder:
     try:
         return load_spec(name)
     except ConfigError as e:

@@ -31,7 +31,7 @@ from timm.models.fastvit import (
 from timm.utils.model import reparameterize_model
 
 from .errors import ConfigError
-from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
+from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, Encoder, StageSpec
 
 __all__ = [
     "ArchNet",
@@ -259,7 +259,7 @@ def memory_limit_bytes() -> int:
     return int(0.8 * available)
 
 
-def check_fits(spec: ArchSpec, resolution: Any = None, *, batch: int = 1, training_form: bool = False) -> None:
+def check_fits(spec: Encoder, resolution: Any = None, *, batch: int = 1, training_form: bool = False) -> None:
     """Refuse, before allocating anything, a model (and its forward at ``resolution``) that would not fit in
     this machine's memory: one line naming the estimate, the limit and how to raise it."""
     est = spec.memory_bytes(resolution, batch=batch)
@@ -275,7 +275,7 @@ def check_fits(spec: ArchSpec, resolution: Any = None, *, batch: int = 1, traini
         )
 
 
-def build_model(spec: ArchSpec, **options: Any) -> ArchNet:
+def build_model(spec: Encoder, **options: Any) -> nn.Module:
     """Build the training-form model; ``options`` are :class:`ArchNet`'s (``inference_mode=True`` builds
     the deploy form directly, ``device="meta"`` builds without allocating: parameter counts and output
     shapes in milliseconds). A model whose weights would not fit in memory is refused first."""
@@ -283,6 +283,9 @@ def build_model(spec: ArchSpec, **options: Any) -> ArchNet:
     if str(options.get("device") or "") != "meta":
         check_fits(spec, training_form=not options.get("inference_mode", False))
     if not isinstance(spec, ArchSpec):  # a reference encoder (timm:MODEL) builds itself
+        from .encoders import TimmEncoder
+
+        assert isinstance(spec, TimmEncoder), type(spec)
         return spec.build(device=options.get("device"), resolution=resolution)
     return ArchNet(spec, **options)
 
@@ -317,7 +320,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe(spec: ArchSpec, resolution: tuple[int, int], *, verify: bool = False) -> dict:
+def describe(spec: Encoder, resolution: tuple[int, int], *, verify: bool = False) -> dict:
     """Params of both forms (meta-device builds: no memory, no init) and the predicted output grid.
 
     ``verify`` also runs a meta-device forward (shapes only, ~1 s for FastViTHD) and checks that the
@@ -325,11 +328,11 @@ def describe(spec: ArchSpec, resolution: tuple[int, int], *, verify: bool = Fals
     """
     model = build_model(spec, device="meta")
     grid = list(spec.grid(resolution))
-    if verify:
+    if verify and isinstance(spec, ArchSpec):  # a reference encoder's grid is read from its own forward
         with torch.no_grad():
             out = model(torch.empty(1, spec.in_chans, *resolution, device="meta"))
         built = [int(out.shape[-2]), int(out.shape[-1])]
-        if built != grid or int(out.shape[1]) != spec.out_channels:  # a bug, not bad input: keep the traceback
+        if built != grid or int(out.shape[1]) != spec.channels(resolution):  # a bug, not bad input: keep the traceback
             raise AssertionError(f"built output {tuple(out.shape)} != predicted grid {grid} for {spec.code}")
     deploy = build_model(spec, device="meta", inference_mode=True)
     return {
@@ -339,7 +342,7 @@ def describe(spec: ArchSpec, resolution: tuple[int, int], *, verify: bool = Fals
         "resolution": list(resolution),
         "params": count_params(model),
         "params_deploy": count_params(deploy),
-        "channels": spec.out_channels,
+        "channels": spec.channels(resolution),
         "grid": grid,
         "tokens": grid[0] * grid[1],
         "stride": spec.output_stride,

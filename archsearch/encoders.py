@@ -127,6 +127,13 @@ class TimmEncoder:
         h, w = self.grid(resolution)
         return h * w
 
+    def channels(self, resolution: Any) -> int:
+        """Channels of each output token at ``resolution`` ((B, C, H, W) or (B, N, C) features)."""
+        from .spec import parse_resolution
+
+        shape = self._shape(parse_resolution(resolution))[0]
+        return shape[1] if len(shape) == 4 else shape[2]
+
     @property
     def output_stride(self) -> int:
         return 0  # not meaningful across families; the grid is what counts

@@ -14,13 +14,13 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _interrupts
 from .errors import ConfigError, MeasurementError
 from .measure.cache import MeasureCache
 from .options import ZERO_COST_NAMES, MeasureOptions
-from .spec import ArchSpec, Resolution, parse_resolution
+from .spec import ArchSpec, Encoder, Resolution, parse_resolution
 
 _log = logging.getLogger("archsearch")
 
@@ -31,7 +31,8 @@ __all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_me
 @dataclass(frozen=True)
 class Metric:
     name: str
-    compute: Callable[["Measurer", ArchSpec, Tuple[int, int]], dict]
+    #: (measurer, spec, (h, w)) -> row fields. Its spec is an Encoder; a metric of ``_SPEC_ONLY`` gets an ArchSpec.
+    compute: Callable[["Measurer", Any, Tuple[int, int]], dict]
     #: Objective values this metric puts in a row -> their natural direction.
     objectives: Dict[str, str]
     doc: str = ""
@@ -171,7 +172,7 @@ class Measurer:
         return result
 
     # --- rows ---------------------------------------------------------------------------------
-    def measure(self, spec: ArchSpec, resolution: Resolution, metrics: Sequence[str]) -> dict:
+    def measure(self, spec: Encoder, resolution: Resolution, metrics: Sequence[str]) -> dict:
         """One flat row: identity, the requested metrics, and each metric's conditions."""
         hw = parse_resolution(resolution)
         row: dict = {
@@ -188,7 +189,7 @@ class Measurer:
             row.update(METRICS[name].compute(self, spec, hw))
         return row
 
-    def values(self, spec: ArchSpec, resolution: Resolution, objectives: Sequence[str]) -> Tuple[Dict[str, float], dict]:
+    def values(self, spec: Encoder, resolution: Resolution, objectives: Sequence[str]) -> Tuple[Dict[str, float], dict]:
         """(objective values by name, the full row) for objective names such as ``macs`` or ``train_loss_sum``."""
         families = list(dict.fromkeys(metric_of(n) for n in objectives))
         row = self.measure(spec, resolution, families)

@@ -257,7 +257,12 @@ def _proxy(args: argparse.Namespace) -> int:
     from ..proxy import PROXIES, score_proxy
     from ..references import load_spec
 
+    from ..spec import ArchSpec
+
     spec = load_spec(args.spec)
+    if not isinstance(spec, ArchSpec):
+        raise ConfigError("SPEC", f"{spec.code} is a reference encoder: the proxies score a scaled copy of a "
+                                  "FastViT-family spec")
     # Options left out keep the one default of each (archsearch.options).
     given = _given(args, [n for n in (*_PROXY_FLAGS, "data_root") if n not in _TRAIN_ONLY])
     if args.kind == "train":
