@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .spec import ArchSpec
 
 __all__ = [
-    "COUNTER_NAMES", "DATA_SET_NAMES", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
+    "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
     "ProxyConfig", "ScalingRule", "TrainProxyConfig",
 ]
 
@@ -31,6 +31,8 @@ MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 #: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
 LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime", "remote")
+#: Where a study lives unless its experiment file or --storage says otherwise (an SQLite file here).
+DEFAULT_STORAGE = "sqlite:///archsearch.db"
 DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits", "glyphs")
 #: Zero-cost proxies (``proxy.zero_cost.PROXIES``, which checks it matches): torch-free, for the metric registry.
 ZERO_COST_NAMES = ("synflow", "naswot", "grad_norm", "snip")

@@ -11,7 +11,7 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
-from .options import MeasureOptions
+from .options import DEFAULT_STORAGE, MeasureOptions
 from .space import apply_overrides
 
 __all__ = [
@@ -143,7 +143,7 @@ class TrialsConfig:
     n_trials: int = 20
     timeout_s: Optional[float] = None
     #: Any SQLAlchemy URL (sqlite:///..., postgresql://...), or ``memory`` (one process, nothing kept).
-    storage: str = "sqlite:///archsearch.db"
+    storage: str = DEFAULT_STORAGE
     study_name: Optional[str] = None
     enqueue: List[EnqueueConfig] = field(default_factory=list)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from .._outputs import prepare_output_dir
 from ..errors import ConfigError
+from ..options import DEFAULT_STORAGE
 
 from ._app import (_accept_overrides, _command, _default, _err, _out, _overwrite_arg, _quiet_arg, _warn)
 
@@ -49,7 +50,7 @@ def _ablate(args: argparse.Namespace) -> int:
 
 def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="STUDY_OR_ABLATION", help="a study name, or a directory written by `archsearch ablate`")
-    p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL (for a study)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL, for a study (default %(default)s)")
     p.add_argument("--out", required=True, help="directory for report.md and its PNG plots (an ablation's own "
                    "directory is allowed: its report is replaced)")
     _overwrite_arg(p)

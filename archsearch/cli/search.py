@@ -11,13 +11,15 @@ from rich.table import Table
 from .. import _scoped
 from .._outputs import prepare_output_dir
 from ..errors import mask_secrets
+from ..options import DEFAULT_STORAGE
 
-from ._app import (_accept_overrides, _command, _err, _out, _overwrite_arg, _quiet_arg, _warn)
+from ._app import _accept_overrides, _command, _err, _out, _overwrite_arg, _quiet_arg, _warn
 
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("trials", metavar="TRIALS.yaml", help="experiment file (trials/*.yaml)")
     p.add_argument("--n-trials", type=int, default=None, help="total trials of the study (default: the file's n_trials)")
-    p.add_argument("--storage", default=None, help="Optuna storage URL (default: the file's, sqlite:///archsearch.db)")
+    p.add_argument("--storage", default=None,
+                   help=f"Optuna storage URL (default: the file's, else {DEFAULT_STORAGE})")
     p.add_argument("--pareto-out", default=None, help="also export the Pareto front to this directory at the end")
     _overwrite_arg(p)
     p.add_argument("--dry-run", action="store_true",
@@ -106,7 +108,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="study name")
-    p.add_argument("--storage", default="sqlite:///archsearch.db", help="Optuna storage URL")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default %(default)s)")
     p.add_argument("--out", required=True, help="directory for the Pareto specs, pareto.csv, pareto.md, pareto.png")
     _overwrite_arg(p)
 
