@@ -13,7 +13,7 @@ import re
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Sequence, TypeVar, cast
 
 import yaml
 from omegaconf import OmegaConf
@@ -246,3 +246,25 @@ def _short(value: Any, limit: int = 60) -> str:
 def _first_line(e: OmegaConfBaseException) -> str:
     msg = getattr(e, "msg", None) or str(e)
     return msg.strip().splitlines()[0]
+
+
+def apply_overrides(data: Any, overrides: Sequence[str], *, source: str = "overrides") -> Any:
+    """Apply OmegaConf dotlist overrides (``resolution=[64]``, ``stages.0.width=[8]``) to parsed YAML.
+
+    Values are parsed as YAML (data only); list items are addressed by index, as in OmegaConf.
+    """
+    if not overrides:
+        return data
+    cfg = OmegaConf.create(data if data is not None else {})
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(source, f"{item!r} is not KEY=VALUE")
+        value = parse_yaml(text, source=f"override {key}")
+        if isinstance(value, dict) and not text.lstrip().startswith("{"):
+            value = text  # e.g. sqlite:///:memory: - YAML would read the colons as a mapping
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except (OmegaConfBaseException, TypeError, ValueError) as e:
+            raise ConfigError(key, f"cannot override: {str(e).strip().splitlines()[0]}") from None
+    return OmegaConf.to_container(cfg, resolve=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Hashable, List, Mapping, Sequence
 
+from .pareto import dominates_minimised
 from ._record import ATTR_FINISHES, ATTR_METRICS, ATTR_RUNG_STEPS, ATTR_RUNGS, ATTR_SPEC_HASH, ATTR_STOPPED_AT
 
 __all__ = ["crowding_distance", "nondominated_fronts", "promotes", "rank", "remove_orphan_checkpoints", "rung_dir", "summary",
@@ -32,19 +33,11 @@ def _points(table: Mapping[Hashable, Sequence[float]], directions: Sequence[str]
     return pts
 
 
-def _dominates(a: tuple, b: tuple, tolerance: Sequence[float] = ()) -> bool:
-    """``a`` no worse than ``b`` everywhere and better somewhere; along an objective with a relative
-    ``tolerance`` t, values within t of each other (of the larger magnitude) count as equal."""
-    tol = [t * max(abs(x), abs(y)) if math.isfinite(x) and math.isfinite(y) else 0.0
-           for t, x, y in zip(list(tolerance) + [0.0] * (len(a) - len(tolerance)), a, b)]
-    return all(x <= y + e for x, y, e in zip(a, b, tol)) and any(x < y - e for x, y, e in zip(a, b, tol))
-
-
 def _fronts(pts: Mapping[Hashable, tuple], tolerance: Sequence[float] = ()) -> List[List[Hashable]]:
     left = dict(pts)
     fronts: List[List[Hashable]] = []
     while left:
-        front = [k for k, p in left.items() if not any(_dominates(q, p, tolerance) for j, q in left.items() if j != k)]
+        front = [k for k, p in left.items() if not any(dominates_minimised(q, p, tolerance) for j, q in left.items() if j != k)]
         fronts.append(front)
         for k in front:
             del left[k]

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Optional
 from ._record import ATTR_WORKER
 
 __all__ = ["BudgetLock", "WORKER", "dead_local_worker", "fail_running", "fail_trials_of_dead_workers", "open_storage",
-           "process_gone", "sqlite_file"]
+           "process_gone", "quiet_experimental", "retry_callback", "sqlite_file"]
 
 
 def sqlite_file(url: str) -> Optional[Path]:
@@ -42,10 +42,29 @@ def sqlite_file(url: str) -> Optional[Path]:
     return Path(db)
 
 
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Optuna's ExperimentalWarning silenced for the block: archsearch uses the heartbeat retry, metric names and
+    the newer samplers on purpose, and a user cannot act on the warning."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def retry_callback(max_retry: int):
+    """The one retry rule for a trial whose worker died: re-queued with the same parameters, ``max_retry`` times."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with quiet_experimental():
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
 def open_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):
     """The Optuna storage behind ``url`` (``memory``: one process, nothing kept); one-line errors."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RDBStorage
 
     from .errors import ConfigError, mask_secrets
 
@@ -60,10 +79,9 @@ def open_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):
     try:
         # Workers that start together on a fresh database would all create Optuna's tables at once (on
         # PostgreSQL one dies with a UniqueViolation): the first creates them, the others wait for it.
-        with warnings.catch_warnings(), BudgetLock(url, "__schema__").held():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet_experimental(), BudgetLock(url, "__schema__").held():
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
+                              heartbeat_stale_trial_callback=retry_callback(max_retry))
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
         raise ConfigError("storage", mask_secrets(f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")) from None
 
@@ -126,15 +144,13 @@ def fail_trials_of_dead_workers(study, *, max_retry: int, warn: Callable[[str], 
     """Fail (and re-queue) every RUNNING trial whose worker ran on this host and is gone, then every trial
     whose heartbeat went stale elsewhere: neither may hold a budget slot."""
     import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
     from optuna.trial import TrialState
 
     storage = study._storage  # the Study API exposes no storage of its own; the trial ids live there
     if isinstance(storage, optuna.storages.InMemoryStorage):
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    with quiet_experimental():
+        retry = retry_callback(max_retry)
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             pid = dead_local_worker(t.user_attrs.get(ATTR_WORKER))
             if pid is None:

@@ -15,14 +15,13 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
 from . import _scoped
-from ._storage import open_storage
+from ._storage import open_storage, quiet_experimental
 from .errors import ConfigError, mask_secrets
 from .space import SearchSpace
 from .trials import SAMPLER_NAMES, TrialsConfig
@@ -49,8 +48,7 @@ def _sampler(cfg: TrialsConfig, seed: Optional[int]) -> optuna.samplers.BaseSamp
         "gp": lambda: optuna.samplers.GPSampler(seed=seed, n_startup_trials=s.n_startup_trials),
     }
     assert tuple(samplers) == SAMPLER_NAMES
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():
         return samplers[s.name]()
 
 
@@ -79,8 +77,7 @@ def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> op
             raise ConfigError("objectives", f"study {cfg.study!r} optimises {stored}, not {names}; use another study_name")
         if study.metric_names != names:
             # optuna-dashboard and optuna.visualization label the objectives with these names.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with quiet_experimental():
                 study.set_metric_names(names)
         return study
 

@@ -25,7 +25,7 @@ from .metrics import OBJECTIVES, Measurer, parse_metrics
 from .options import ZERO_COST_NAMES, MeasureOptions
 from .progress import UnitEvent
 from .references import load_spec
-from .space import apply_overrides
+from ._config import apply_overrides
 from .spec import ArchSpec, Encoder
 from .tracking import Tracker
 from .trials import TrackingConfig

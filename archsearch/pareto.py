@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
@@ -19,7 +20,7 @@ from ._storage import sqlite_file
 from .errors import ConfigError
 from .spec import ArchSpec
 
-__all__ = ["ParetoRow", "dominates", "export_pareto", "is_fastvithd_like", "load_study", "pareto_rows"]
+__all__ = ["ParetoRow", "dominates", "dominates_minimised", "export_pareto", "is_fastvithd_like", "load_study", "pareto_rows"]
 
 
 def is_fastvithd_like(spec: ArchSpec) -> bool:
@@ -28,12 +29,18 @@ def is_fastvithd_like(spec: ArchSpec) -> bool:
     return 0 < k < len(mixers) and mixers[-k:] == ["attention"] * k and spec.output_stride == 64
 
 
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """a is no worse than b in every objective and better in one."""
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str], tolerance: Sequence[float] = ()) -> bool:
+    """a is no worse than b in every objective and better in one (see :func:`dominates_minimised`)."""
     sign = [1 if d == "minimize" else -1 for d in directions]
-    no_worse = all(s * x <= s * y for s, x, y in zip(sign, a, b))
-    better = any(s * x < s * y for s, x, y in zip(sign, a, b))
-    return no_worse and better
+    return dominates_minimised([s * x for s, x in zip(sign, a)], [s * y for s, y in zip(sign, b)], tolerance)
+
+
+def dominates_minimised(a: Sequence[float], b: Sequence[float], tolerance: Sequence[float] = ()) -> bool:
+    """Of two points to minimise: ``a`` no worse than ``b`` everywhere and better somewhere. Along an objective
+    with a relative ``tolerance`` t, values within t of each other (of the larger magnitude) count as equal."""
+    tol = [t * max(abs(x), abs(y)) if math.isfinite(x) and math.isfinite(y) else 0.0
+           for t, x, y in zip(list(tolerance) + [0.0] * (len(a) - len(tolerance)), a, b)]
+    return all(x <= y + e for x, y, e in zip(a, b, tol)) and any(x < y - e for x, y, e in zip(a, b, tol))
 
 
 @dataclass

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, cast
 
 import optuna
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
-from ._config import from_data, parse_yaml, read_yaml
+from ._config import apply_overrides, from_data, read_yaml
 from .errors import ConfigError, InvalidSample
 from .spec import POS_ENCODINGS, STEM_STRIDE, TOKEN_MIXERS, ArchSpec, StageSpec
 
@@ -315,28 +314,6 @@ class SearchSpace:
                 f"output grid {grid[0]}x{grid[1]} at {resolution} px is below rules.min_grid {self.config.rules.min_grid}"
             )
         return Candidate(spec, resolution)
-
-
-def apply_overrides(data: Any, overrides: Sequence[str], *, source: str = "overrides") -> Any:
-    """Apply OmegaConf dotlist overrides (``resolution=[64]``, ``stages.0.width=[8]``) to parsed YAML.
-
-    Values are parsed as YAML (data only); list items are addressed by index, as in OmegaConf.
-    """
-    if not overrides:
-        return data
-    cfg = OmegaConf.create(data if data is not None else {})
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(source, f"{item!r} is not KEY=VALUE")
-        value = parse_yaml(text, source=f"override {key}")
-        if isinstance(value, dict) and not text.lstrip().startswith("{"):
-            value = text  # e.g. sqlite:///:memory: - YAML would read the colons as a mapping
-        try:
-            OmegaConf.update(cfg, key, value, merge=False)
-        except (OmegaConfBaseException, TypeError, ValueError) as e:
-            raise ConfigError(key, f"cannot override: {str(e).strip().splitlines()[0]}") from None
-    return OmegaConf.to_container(cfg, resolve=False)
 
 
 def load_space(path: str | Path, overrides: Sequence[str] = ()) -> SearchSpace:

@@ -12,7 +12,7 @@ from omegaconf import MISSING
 from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
 from .options import DEFAULT_STORAGE, MeasureOptions
-from .space import apply_overrides
+from ._config import apply_overrides
 
 __all__ = [
     "ConstraintConfig", "EnqueueConfig", "FidelityConfig", "ObjectiveConfig", "SamplerConfig", "TrackingConfig",

@@ -52,7 +52,7 @@ def measure_options(args: argparse.Namespace):
 
     from .._config import from_data
     from ..options import MeasureOptions
-    from ..space import apply_overrides
+    from .._config import apply_overrides
 
     # The experiment files' spelling is accepted too: measure.train.data=glyphs is train.data=glyphs.
     overrides = [o[len("measure."):] if o.startswith("measure.") else o for o in getattr(args, "overrides", []) or []]
