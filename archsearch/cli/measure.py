@@ -240,7 +240,9 @@ _TRAIN_ONLY = ("steps", "lr")
 
 def _proxy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", metavar="SPEC", help="reference name or spec YAML path")
-    p.add_argument("--kind", default="synflow", help="synflow | naswot | grad_norm | snip | train (default synflow)")
+    from ..options import ZERO_COST_NAMES
+
+    p.add_argument("--kind", default=ZERO_COST_NAMES[0], help=f"{' | '.join(ZERO_COST_NAMES)} | train (default %(default)s)")
     from ..options import TrainProxyConfig
 
     _option_flags(p, TrainProxyConfig, _PROXY_FLAGS)
