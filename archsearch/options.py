@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .spec import ArchSpec
 
 __all__ = [
-    "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
+    "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "PREDICTOR_FIT", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
     "ProxyConfig", "ScalingRule", "TrainProxyConfig",
 ]
 
@@ -31,6 +31,8 @@ MAX_THREADS = max(64, 4 * (os.cpu_count() or 1))
 #: ``measure.latency.LATENCY_BACKENDS``, ``proxy.data.DATA_SETS``); those modules check they match.
 COUNTER_NAMES = ("fast", "fvcore", "ptflops")
 LATENCY_BACKEND_NAMES = ("torch-cpu", "cuda", "onnxruntime", "remote")
+#: Whole models timed to fit the latency predictor's scale and exponent (a study's and `calibrate`'s default).
+PREDICTOR_FIT = 8
 #: Where a study lives unless its experiment file or --storage says otherwise (an SQLite file here).
 DEFAULT_STORAGE = "sqlite:///archsearch.db"
 DATA_SET_NAMES = ("fashion-mnist", "fashion-mnist-canvas", "digits", "glyphs")
@@ -268,7 +270,7 @@ class MeasureOptions:
     train: TrainProxyConfig = field(default_factory=TrainProxyConfig)
     #: Whole models of the study's space timed to fit the latency predictor (scale, exponent) before a
     #: study that uses predicted latency starts, when this device's table has no fit yet (0: no fit).
-    predictor_fit: int = 8
+    predictor_fit: int = PREDICTOR_FIT
 
     def __post_init__(self) -> None:
         if self.predictor_fit < 0:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 
-from ._app import _accept_overrides, _command, _given, _option_flags, _out, _progress, _resolutions
+from ._app import _accept_overrides, _command, _default, _given, _option_flags, _out, _progress, _resolutions
 
 
 #: The latency flags of measure/calibrate: fields of archsearch.options.LatencyConfig.
@@ -189,7 +189,10 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=None, help="the device server, http://HOST:PORT (--backend remote)")
     p.add_argument("--space", action="append", default=None, help="space(s) to sample from (default: search_spaces/*.yaml)")
     p.add_argument("-n", type=int, default=15, help="specs sampled per space for the table (default 15)")
-    p.add_argument("--fit", type=int, default=12, help="whole models measured to fit scale and exponent (default 12)")
+    from ..options import MeasureOptions
+
+    p.add_argument("--fit", type=int, default=_default(MeasureOptions, "predictor_fit"),
+                   help="whole models measured to fit scale and exponent (default %(default)s, as a study's predictor_fit)")
     p.add_argument("--statistic", default="relative", choices=["relative", "median", "p10"],
                    help="relative (default): ratios to a probe timed interleaved, drift cancels; or absolute ms")
     p.add_argument("--seed", type=int, default=1000)

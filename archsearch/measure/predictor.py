@@ -32,6 +32,7 @@ import torch.nn as nn
 
 from ..build import deploy_model
 from ..errors import ConfigError
+from ..options import PREDICTOR_FIT
 from ..spec import ArchSpec, Resolution, parse_resolution
 from .cache import default_cache_dir, set_aside
 from ._heap import heap_mode
@@ -321,7 +322,7 @@ def calibrate(
     config: Optional[LatencyConfig] = None,
     statistic: str = "relative",
     n: int = 15,
-    fit: int = 12,
+    fit: int = PREDICTOR_FIT,
     seed: int = 1000,
     resolution: Optional[str] = None,
     progress: Optional[Callable[[str, int], None]] = None,
