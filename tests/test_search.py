@@ -535,7 +535,7 @@ def test_a_trial_promoted_across_rungs_builds_its_model_and_loads_its_data_once(
 
 def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgres_dbs):
     optuna_url, _ = postgres_dbs
-    path = _rung_experiment(tmp_path, n_trials=16, storage=optuna_url)  # more than one worker does before the signal
+    path = _rung_experiment(tmp_path, n_trials=10, storage=optuna_url)  # more than one worker does before the signal
     args = [str(path), RUNG_TRAIN, "tracking.enabled=false"]
     # One worker is interrupted after its first finished trial; the rung values it stored stay.
     first = _cli(["worker", *args], tmp_path)
@@ -554,7 +554,7 @@ def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgr
         assert w.returncode == 0, err
     study = optuna.load_study(study_name="t", storage=optuna_url)
     finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 16 and not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(finished) == 10 and not study.get_trials(states=(TrialState.RUNNING,))
     assert {n: study.trials[n].user_attrs["rungs"] for n in kept} == kept
     for t in finished:
         if "rungs" not in t.user_attrs:  # an invalid sample, pruned before measuring
@@ -566,7 +566,7 @@ def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgr
 def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
     # The killed trial's rung-0 values must not block its retry, and its checkpoint must not outlive it.
     path = experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
-                       extra="fidelity: {metric: train_top1, rungs: [2, 150], eta: 2}")
+                       extra="fidelity: {metric: train_top1, rungs: [2, 60], eta: 2}")
     url = f"sqlite:///{tmp_path}/study.db"
     env_tmp = tmp_path / "tmp"
     env_tmp.mkdir()
