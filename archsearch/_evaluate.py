@@ -14,7 +14,8 @@ from ._study import record_measurements
 from .errors import InvalidSample
 from .metrics import Measurer
 from .space import SearchSpace
-from .spec import ArchSpec, Encoder
+from .encoders import Encoder
+from .spec import ArchSpec
 from .trials import TrialsConfig
 
 __all__ = ["Evaluator"]

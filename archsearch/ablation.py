@@ -26,7 +26,8 @@ from .options import ZERO_COST_NAMES, MeasureOptions
 from .progress import UnitEvent
 from .references import load_spec
 from ._config import apply_overrides
-from .spec import ArchSpec, Encoder
+from .encoders import Encoder
+from .spec import ArchSpec
 from .tracking import Tracker
 from .trials import TrackingConfig
 

@@ -31,7 +31,8 @@ from timm.models.fastvit import (
 from timm.utils.model import reparameterize_model
 
 from .errors import ConfigError
-from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, Encoder, StageSpec
+from .encoders import Encoder
+from .spec import NORM_LAYERS, POS_ENCODINGS, ArchSpec, StageSpec
 
 __all__ = [
     "ArchNet",

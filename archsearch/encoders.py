@@ -12,13 +12,50 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, Protocol, runtime_checkable
 
 from .errors import ConfigError
 
-__all__ = ["PREFIX", "TimmEncoder", "is_timm_name"]
+__all__ = ["Encoder", "PREFIX", "TimmEncoder", "is_timm_name"]
 
 PREFIX = "timm:"
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What every vision encoder archsearch measures answers, without torch: a searchable
+    :class:`archsearch.spec.ArchSpec`, or a reference encoder it cannot search (:class:`TimmEncoder`, ``timm:MODEL``). Measuring,
+    reporting and tracking take an ``Encoder``; building a model, the spec-only metrics and sampling dispatch on
+    ``isinstance(x, ArchSpec)``, the one place each does."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def in_chans(self) -> int: ...
+
+    @property
+    def spec_hash(self) -> str: ...
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def output_stride(self) -> int: ...
+
+    def grid(self, resolution: Any) -> tuple[int, int]: ...
+
+    def visual_tokens(self, resolution: Any) -> int: ...
+
+    def channels(self, resolution: Any) -> int: ...
+
+    def memory_bytes(self, resolution: Any = None, *, batch: int = 1) -> dict[str, int]: ...
+
+    def to_dict(self, *, include_name: bool = True) -> dict[str, Any]: ...
+
+    def to_yaml(self) -> str: ...
+
+    def replace(self, **changes: Any) -> Any: ...
 
 
 def is_timm_name(name: str) -> bool:

@@ -20,7 +20,8 @@ from . import _interrupts
 from .errors import ConfigError, MeasurementError
 from .measure.cache import MeasureCache
 from .options import ZERO_COST_NAMES, MeasureOptions
-from .spec import ArchSpec, Encoder, Resolution, parse_resolution
+from .encoders import Encoder
+from .spec import ArchSpec, Resolution, parse_resolution
 
 _log = logging.getLogger("archsearch")
 

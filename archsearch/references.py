@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 from .errors import ConfigError
-from .spec import ArchSpec, Encoder, StageSpec
+from .encoders import Encoder
+from .spec import ArchSpec, StageSpec
 
 __all__ = ["Reference", "REFERENCES", "get_reference", "load_spec"]
 

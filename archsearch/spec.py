@@ -18,7 +18,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Tuple, Union, runtime_checkable
+from typing import Any, Tuple, Union
 
 import yaml
 
@@ -27,7 +27,6 @@ from .errors import ConfigError
 
 __all__ = [
     "ArchSpec",
-    "Encoder",
     "StageSpec",
     "Resolution",
     "NORM_LAYERS",
@@ -367,39 +366,3 @@ class ArchSpec:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
-
-@runtime_checkable
-class Encoder(Protocol):
-    """What every vision encoder archsearch measures answers, without torch: a searchable :class:`ArchSpec`, or a
-    reference encoder it cannot search (:class:`archsearch.encoders.TimmEncoder`, ``timm:MODEL``). Measuring,
-    reporting and tracking take an ``Encoder``; building a model, the spec-only metrics and sampling dispatch on
-    ``isinstance(x, ArchSpec)``, the one place each does."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def in_chans(self) -> int: ...
-
-    @property
-    def spec_hash(self) -> str: ...
-
-    @property
-    def code(self) -> str: ...
-
-    @property
-    def output_stride(self) -> int: ...
-
-    def grid(self, resolution: Any) -> tuple[int, int]: ...
-
-    def visual_tokens(self, resolution: Any) -> int: ...
-
-    def channels(self, resolution: Any) -> int: ...
-
-    def memory_bytes(self, resolution: Any = None, *, batch: int = 1) -> dict[str, int]: ...
-
-    def to_dict(self, *, include_name: bool = True) -> dict[str, Any]: ...
-
-    def to_yaml(self) -> str: ...
-
-    def replace(self, **changes: Any) -> Any: ...

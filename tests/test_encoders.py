@@ -3,7 +3,8 @@ from archsearch.build import describe
 from archsearch.cli import main
 from archsearch.encoders import TimmEncoder
 from archsearch.references import get_reference, load_spec
-from archsearch.spec import ArchSpec, Encoder
+from archsearch.encoders import Encoder
+from archsearch.spec import ArchSpec
 
 
 def test_both_kinds_are_encoders_and_load_spec_says_so():
