@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -56,14 +57,28 @@ class Server:
         self.url = line.split("listening on ")[1].split()[0]
         self.fingerprint = line.split(" as ")[1].split()[0]
         self.first_line = line
+        # Read what the server prints (a line per job) as it comes: a pipe nobody reads fills at 64 KB and
+        # blocks the server mid-answer.
+        self._printed: dict = {"out": [], "err": []}
+        self._readers = [threading.Thread(target=self._drain, args=(stream, self._printed[key]), daemon=True)
+                         for key, stream in (("out", self.proc.stdout), ("err", self.proc.stderr))]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _drain(stream, into: list) -> None:
+        for line in stream:
+            into.append(line)
 
     def jobs(self) -> list:
         return [json.loads(x) for x in self.log.read_text().splitlines()] if self.log.exists() else []
 
     def stop(self) -> str:
         self.proc.kill()
-        out, err = self.proc.communicate(timeout=30)
-        return self.first_line + out + err
+        self.proc.wait(timeout=30)
+        for t in self._readers:
+            t.join(timeout=30)
+        return self.first_line + "".join(self._printed["out"]) + "".join(self._printed["err"])
 
 
 @pytest.fixture
@@ -166,8 +181,6 @@ def test_refusals_leave_the_server_up(tmp_path):
 def test_a_full_queue_answers_503(tmp_path):
     s = Server(tmp_path, "--queue", "0", "--timeout-s", "30")
     try:
-        import threading
-
         deadline = time.monotonic() + 60
         slow_answers: list = []
 
@@ -176,6 +189,7 @@ def test_a_full_queue_answers_503(tmp_path):
                 slow_answers.append(_post(s.url, _job(_conv_model(), [1, 16, 128, 128], repeats=1000))[0])
                 if slow_answers[-1] != 503:
                     return
+                time.sleep(0.05)
 
         slow = threading.Thread(target=slow_job)
         slow.start()
