@@ -42,17 +42,18 @@ def test_predictor_within_a_loose_bound(tmp_path):
     fastvit = [p for p in SPACES if p.stem == "fastvit"][0]
     candidates, _ = draw(load_space(fastvit, ["resolution=[96]"]), 8, seed=2)
     tiny = [(c.spec.scaled(width_mult=0.25, max_depth=2), 96) for c in candidates]
-    predictor.fit_scale(tiny[:3])
-    ratios = []
-    for spec, res in tiny[3:]:
-        measured = measure_latency(spec, res, CFG).latency_ms
-        ratios.append(predictor.predict(spec, res) / measured)
-    # Loose on purpose: a shared 2-core CI machine whose speed drifts between the fit and the checks
-    # (an absolute table moves with it; benchmarks/ has the real accuracy figures with interleaved
-    # timing). The predictor must get the specs' relative latencies right and the scale roughly.
-    mid = statistics.median(ratios)
-    assert 0.4 < mid < 2.5, ratios
-    assert statistics.median(abs(r / mid - 1) for r in ratios) < 0.3, ratios
+    # Loose on purpose: a shared 2-core CI machine (and the suite's other worker) whose speed drifts between
+    # the fit and the checks (an absolute table moves with it; benchmarks/ has the real accuracy figures with
+    # interleaved timing). The predictor must get the specs' relative latencies right and the scale roughly;
+    # a busy spell gets one more try, fitted and measured afresh.
+    for _attempt in range(2):
+        predictor.fit_scale(tiny[:3])
+        ratios = [predictor.predict(spec, res) / measure_latency(spec, res, CFG).latency_ms for spec, res in tiny[3:]]
+        mid = statistics.median(ratios)
+        spread = statistics.median(abs(r / mid - 1) for r in ratios)
+        if 0.4 < mid < 2.5 and spread < 0.3:
+            break
+    assert 0.4 < mid < 2.5 and spread < 0.3, ratios
     reloaded = LatencyPredictor(CFG, path=tmp_path / "lut.json", statistic="median")
     assert reloaded.entries == predictor.entries and reloaded.scale == predictor.scale
 
