@@ -35,7 +35,7 @@ setup(
         "psycopg[binary]>=3.1",  # SQLAlchemy 2.1 maps postgresql:// to psycopg 3
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2", "ruff>=0.5", "mypy>=1.10", "types-PyYAML"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2.2", "pytest-xdist>=3", "ruff>=0.5", "mypy>=1.10", "types-PyYAML"],
         # What `archsearch device-serve` uses on a target device (it never imports torch; see README).
         "device": ["onnx>=1.15", "onnxruntime>=1.17", "numpy>=1.24", "pyyaml>=6", "omegaconf>=2.3"],
     },

@@ -8,7 +8,7 @@ pretrained weights (where a user has them) drop in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 from .errors import ConfigError
 from .encoders import Encoder
@@ -66,52 +66,33 @@ def _fastvit(
 
 _W = (64, 128, 256, 512)
 
+#: The references as data: (name, timm's name, timm's FastVit arguments, note); one constructor builds them.
+_TABLE: List[Tuple[str, str, Dict[str, Any], str]] = [
+    ("fastvit_t8", "fastvit_t8", dict(layers=(2, 2, 4, 2), widths=(48, 96, 192, 384), mlp_ratio=3, mixers="RRRR"),
+     "FastViT-T8"),
+    ("fastvit_t12", "fastvit_t12", dict(layers=(2, 2, 6, 2), widths=_W, mlp_ratio=3, mixers="RRRR"), "FastViT-T12"),
+    ("fastvit_s12", "fastvit_s12", dict(layers=(2, 2, 6, 2), widths=_W, mlp_ratio=4, mixers="RRRR"), "FastViT-S12"),
+    ("fastvit_sa12", "fastvit_sa12", dict(layers=(2, 2, 6, 2), widths=_W, mlp_ratio=4, mixers="RRRA"),
+     "FastViT-SA12: attention in the last stage"),
+    ("fastvit_sa24", "fastvit_sa24", dict(layers=(4, 4, 12, 4), widths=_W, mlp_ratio=4, mixers="RRRA"), "FastViT-SA24"),
+    ("fastvit_sa36", "fastvit_sa36", dict(layers=(6, 6, 18, 6), widths=_W, mlp_ratio=4, mixers="RRRA"), "FastViT-SA36"),
+    ("fastvit_ma36", "fastvit_ma36", dict(layers=(6, 6, 18, 6), widths=(76, 152, 304, 608), mlp_ratio=4, mixers="RRRA"),
+     "FastViT-MA36"),
+    ("fastvit_mci0", "fastvit_mci0", dict(layers=(2, 6, 10, 2), widths=_W, mlp_ratio=3, mixers="RRRA", se=(2, 3),
+                                          mobileclip=True), "MobileCLIP MCi0 image encoder"),
+    ("fastvit_mci1", "fastvit_mci1", dict(layers=(4, 12, 20, 4), widths=_W, mlp_ratio=3, mixers="RRRA", se=(2, 3),
+                                          mobileclip=True), "MobileCLIP MCi1 image encoder"),
+    ("fastvit_mci2", "fastvit_mci2", dict(layers=(4, 12, 24, 4), widths=(80, 160, 320, 640), mlp_ratio=3, mixers="RRRA",
+                                          se=(2, 3), mobileclip=True), "MobileCLIP MCi2 image encoder"),
+    ("fastvithd", "fastvit_mci3", dict(layers=(2, 12, 24, 4, 2), widths=(96, 192, 384, 768, 1536), mlp_ratio=4,
+                                       mixers="RRRAA", hd=True),
+     "FastVLM's FastViTHD (MCi3): 3 RepMixer + 2 attention stages, output stride 64"),
+    ("fastvit_mci4", "fastvit_mci4", dict(layers=(2, 12, 24, 4, 4), widths=(128, 256, 512, 1024, 2048), mlp_ratio=4,
+                                          mixers="RRRAA", hd=True), "MobileCLIP2 MCi4: the wider five-stage design"),
+]
+
 REFERENCES: Dict[str, Reference] = {
-    r.name: r
-    for r in [
-        Reference("fastvit_t8", "fastvit_t8",
-                  _fastvit("fastvit_t8", layers=(2, 2, 4, 2), widths=(48, 96, 192, 384), mlp_ratio=3, mixers="RRRR"),
-                  "FastViT-T8"),
-        Reference("fastvit_t12", "fastvit_t12",
-                  _fastvit("fastvit_t12", layers=(2, 2, 6, 2), widths=_W, mlp_ratio=3, mixers="RRRR"),
-                  "FastViT-T12"),
-        Reference("fastvit_s12", "fastvit_s12",
-                  _fastvit("fastvit_s12", layers=(2, 2, 6, 2), widths=_W, mlp_ratio=4, mixers="RRRR"),
-                  "FastViT-S12"),
-        Reference("fastvit_sa12", "fastvit_sa12",
-                  _fastvit("fastvit_sa12", layers=(2, 2, 6, 2), widths=_W, mlp_ratio=4, mixers="RRRA"),
-                  "FastViT-SA12: attention in the last stage"),
-        Reference("fastvit_sa24", "fastvit_sa24",
-                  _fastvit("fastvit_sa24", layers=(4, 4, 12, 4), widths=_W, mlp_ratio=4, mixers="RRRA"),
-                  "FastViT-SA24"),
-        Reference("fastvit_sa36", "fastvit_sa36",
-                  _fastvit("fastvit_sa36", layers=(6, 6, 18, 6), widths=_W, mlp_ratio=4, mixers="RRRA"),
-                  "FastViT-SA36"),
-        Reference("fastvit_ma36", "fastvit_ma36",
-                  _fastvit("fastvit_ma36", layers=(6, 6, 18, 6), widths=(76, 152, 304, 608), mlp_ratio=4,
-                           mixers="RRRA"),
-                  "FastViT-MA36"),
-        Reference("fastvit_mci0", "fastvit_mci0",
-                  _fastvit("fastvit_mci0", layers=(2, 6, 10, 2), widths=_W, mlp_ratio=3, mixers="RRRA",
-                           se=(2, 3), mobileclip=True),
-                  "MobileCLIP MCi0 image encoder"),
-        Reference("fastvit_mci1", "fastvit_mci1",
-                  _fastvit("fastvit_mci1", layers=(4, 12, 20, 4), widths=_W, mlp_ratio=3, mixers="RRRA",
-                           se=(2, 3), mobileclip=True),
-                  "MobileCLIP MCi1 image encoder"),
-        Reference("fastvit_mci2", "fastvit_mci2",
-                  _fastvit("fastvit_mci2", layers=(4, 12, 24, 4), widths=(80, 160, 320, 640), mlp_ratio=3,
-                           mixers="RRRA", se=(2, 3), mobileclip=True),
-                  "MobileCLIP MCi2 image encoder"),
-        Reference("fastvithd", "fastvit_mci3",
-                  _fastvit("fastvithd", layers=(2, 12, 24, 4, 2), widths=(96, 192, 384, 768, 1536), mlp_ratio=4,
-                           mixers="RRRAA", hd=True),
-                  "FastVLM's FastViTHD (MCi3): 3 RepMixer + 2 attention stages, output stride 64"),
-        Reference("fastvit_mci4", "fastvit_mci4",
-                  _fastvit("fastvit_mci4", layers=(2, 12, 24, 4, 4), widths=(128, 256, 512, 1024, 2048),
-                           mlp_ratio=4, mixers="RRRAA", hd=True),
-                  "MobileCLIP2 MCi4: the wider five-stage design"),
-    ]
+    name: Reference(name, timm_name, _fastvit(name, **args), note) for name, timm_name, args, note in _TABLE
 }
 
 #: timm's own names accepted too.
