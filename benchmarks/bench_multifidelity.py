@@ -16,6 +16,7 @@ resumes.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from optuna.trial import TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -68,8 +70,10 @@ def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: f
             shutil.copytree(lut / "latency_lut", Path(cache) / "latency_lut")
         t0 = time.perf_counter()
         runner = SearchRunner(cfg, warn=lambda _m: None)
+        started = datetime.datetime.now()
         result = runner.finish(runner.run())
         wall = time.perf_counter() - t0
+        completions = _completions(result.study, started)
         front = pareto_rows(result.study)
         # Re-evaluate the front with a plain full-budget training (the same measurer options).
         names = [o.name for o in cfg.objectives]
@@ -81,8 +85,44 @@ def run_one(trials_file: str, overrides: list, seed: int, mode: str, budget_s: f
     return {"seed": seed, "mode": mode, "budget_s": budget_s, "wall_s": round(wall, 1), "cores": cores,
             "torch_threads": torch.get_num_threads(), "states": result.states,
             "rungs": result.rungs, "front": [[v[n] for n in names] for v in values],
-            "front_archs": [r.spec.code for r in front], "objectives": names,
+            "front_archs": [r.spec.code for r in front], "objectives": names, "completions": completions,
             "directions": [o.direction for o in cfg.objectives]}
+
+
+def _completions(study, started: datetime.datetime) -> list:
+    """[seconds since the run started, objective values] of every feasible full-budget (COMPLETE) trial, in the
+    order they finished: the front at any moment of the run is the front of those finished by then. Their values
+    are what the re-evaluation finds too (the same training, served from the run's cache)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        violations = [v for k, v in t.system_attrs.items() if k.startswith("constraints:")]  # Trial.set_constraint
+        if t.datetime_complete is None or any(v > 0 for v in violations):
+            continue
+        out.append([round((t.datetime_complete - started).total_seconds(), 2), list(t.values)])
+    return sorted(out)
+
+
+def _hypervolume(points: np.ndarray) -> float:
+    """Hypervolume of normalised points to minimise against (1.1, ...); points beyond the reference add nothing."""
+    pts = points[(points < 1.1).all(axis=1)] if len(points) else points
+    return float(compute_hypervolume(pts, np.full(points.shape[1], 1.1))) if len(pts) else 0.0
+
+
+def _curves(done: dict, seeds: list, hv_norm: dict, grid: list) -> dict:
+    """Each (seed, mode)'s hypervolume at each fraction of the budget (its completions' front by then)."""
+    curves = {}
+    for seed in seeds:
+        sign, lo, scale = hv_norm[seed]
+        for m in ("rungs", "plain"):
+            rec = done[(seed, m)]
+            if "completions" not in rec:
+                continue
+            by = []
+            for f in grid:
+                pts = [v for s, v in rec["completions"] if s <= f * rec["budget_s"]]
+                by.append(_hypervolume((np.array(pts) * sign - lo) / scale) if pts else 0.0)
+            curves[(seed, m)] = by
+    return curves
 
 
 def _read(log: Path) -> dict:
@@ -132,17 +172,23 @@ def main() -> None:
     if missing:
         print(f"no report yet: {log} lacks {missing}", flush=True)
         return
-    hv = {}
+    hv, norm = {}, {}
     for seed in args.seeds:
         recs = [done[(seed, m)] for m in ("rungs", "plain")]
         sign = np.array([1.0 if d == "minimize" else -1.0 for d in recs[0]["directions"]])
         pts_all = np.array([p for r in recs for p in r["front"]]) * sign
         lo, hi = pts_all.min(axis=0), pts_all.max(axis=0)
         scale = np.where(hi > lo, hi - lo, 1.0)
+        norm[seed] = (sign, lo, scale)
         for r in recs:
-            pts = (np.array(r["front"]) * sign - lo) / scale
-            hv[(seed, r["mode"])] = float(compute_hypervolume(pts, np.full(pts.shape[1], 1.1))) if len(pts) else 0.0
+            hv[(seed, r["mode"])] = _hypervolume((np.array(r["front"]) * sign - lo) / scale) if r["front"] else 0.0
     med = {m: statistics.median(hv[(s, m)] for s in args.seeds) for m in ("rungs", "plain")}
+    grid = [round(0.05 * i, 2) for i in range(1, 21)]
+    curves = _curves(done, args.seeds, norm, grid)
+    complete_curves = all((s, m) in curves for s in args.seeds for m in ("rungs", "plain"))
+    med_curve = {m: [statistics.median(curves[(s, m)][i] for s in args.seeds) for i in range(len(grid))]
+                 for m in ("rungs", "plain")} if complete_curves else {}
+    reach = next((f for f, v in zip(grid, med_curve.get("rungs", [])) if v >= med["plain"]), None)
     first_of = {m: done[(args.seeds[0], m)] for m in ("rungs", "plain")}
     first = first_of["rungs"]
     md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
@@ -157,7 +203,17 @@ def main() -> None:
     for m in ("rungs", "plain"):
         fin = [sum(v for k, v in done[(s, m)]["states"].items() if k in ("COMPLETE", "PRUNED")) for s in args.seeds]
         md.append(f"| {m} | " + " | ".join(f"{hv[(s, m)]:.4f}" for s in args.seeds) + f" | **{med[m]:.4f}** | {fin} |")
+    if med_curve:
+        md += ["", "Median hypervolume over the seeds against the fraction of the budget spent (the front of the "
+               "full-budget trials finished by then, normalised as above):", "",
+               "| mode | " + " | ".join(f"{int(100 * f)}%" for f in grid[3::4]) + " |",
+               "| --- |" + " ---: |" * len(grid[3::4])]
+        for m in ("rungs", "plain"):
+            md.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in med_curve[m][3::4]) + " |")
+        md += ["", f"Rung search first reaches plain search's final median hypervolume ({med['plain']:.4f}) at "
+               + (f"**{int(100 * reach)}%** of the budget." if reach is not None else "**no point of its budget**: it never does.")]
     write(args.name, {"stamp": stamp(), "hypervolume": {f"{s}/{m}": v for (s, m), v in hv.items()}, "median": med,
+                      "curve_fractions": grid, "median_curve": med_curve, "rungs_reach_plain_at": reach,
                       "runs": [done[(s, m)] for s in args.seeds for m in ("rungs", "plain")]}, "\n".join(md) + "\n")
 
 
