@@ -29,7 +29,7 @@ from archsearch.space import draw, load_space  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=30, help="specs evaluated (split evenly over the spaces)")
     ap.add_argument("--fit", type=int, default=12, help="whole models for the scale fit (another seed)")
@@ -53,7 +53,11 @@ def main() -> None:
     ap.add_argument("--refit", action="store_true",
                     help="with --from-json: re-fit scale and exponent on the run's measured fit models with this "
                          "checkout's fit, and re-price its rows from their summed ratios (the measurements stay)")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.from_json:
         path = Path(args.from_json)
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -79,6 +83,22 @@ def main() -> None:
     predictor.fit_scale([(c.spec, c.resolution) for c in fit_on[: args.fit]], progress=lambda s: print("fit", s, flush=True))
     rows = [{"arch": c.spec.code, "spec_hash": c.spec.spec_hash, "resolution": c.resolution, "passes": []}
             for c in evaluated]
+    _measure_passes(args, predictor, cfg, evaluated, rows)
+    for row in rows:  # the median over passes (of two: their mean)
+        for key in row["passes"][0]:
+            row[key] = statistics.median(p[key] for p in row["passes"])
+    ttft = _validate_ttft(args, cfg, evaluated, rows) if args.ttft else None
+    data = {"stamp": stamp(), "resolution": args.resolution, "statistic": args.statistic, "spaces": [p.stem for p in spaces],
+            "fit_specs": args.fit, "entries": len(predictor.entries), "entries_before": entries_before, "seconds": round(time.perf_counter() - start),
+            "threads": cfg.threads, "repeats": cfg.repeats, "warmup": cfg.warmup, "heap": heap_mode(cfg.retain_heap),
+            "rows": rows, "scale": predictor.scale, "fit": predictor.fit, **({"ttft": ttft} if ttft else {})}
+    heap = "_default_heap" if args.default_heap else ""
+    _report(data, f"predictor_{args.resolution}_{args.statistic}_t{args.threads}{heap}")
+
+
+def _measure_passes(args: argparse.Namespace, predictor: LatencyPredictor, cfg: LatencyConfig, evaluated: list,
+                    rows: list) -> None:
+    """Time every evaluated model ``args.passes`` times, in passes over all specs, into its row's ``passes``."""
     for n in range(args.passes):
         for c, row in zip(evaluated, rows):
             summed = predictor.raw_sum_ms(c.spec, c.resolution, measure_missing=True)  # entries it lacks first
@@ -97,16 +117,6 @@ def main() -> None:
                 row["passes"].append({"measured_ms": measured, "measured_iqr_ms": lat.stats.iqr_ms})
                 row.update(sum_ms=summed, predicted_ms=predictor.predict(c.spec, c.resolution))
                 print(f"pass {n} {c.spec.code:28s} predicted {row['predicted_ms']:8.1f} measured {measured:8.1f} ms", flush=True)
-    for row in rows:  # the median over passes (of two: their mean)
-        for key in row["passes"][0]:
-            row[key] = statistics.median(p[key] for p in row["passes"])
-    ttft = _validate_ttft(args, cfg, evaluated, rows) if args.ttft else None
-    data = {"stamp": stamp(), "resolution": args.resolution, "statistic": args.statistic, "spaces": [p.stem for p in spaces],
-            "fit_specs": args.fit, "entries": len(predictor.entries), "entries_before": entries_before, "seconds": round(time.perf_counter() - start),
-            "threads": cfg.threads, "repeats": cfg.repeats, "warmup": cfg.warmup, "heap": heap_mode(cfg.retain_heap),
-            "rows": rows, "scale": predictor.scale, "fit": predictor.fit, **({"ttft": ttft} if ttft else {})}
-    heap = "_default_heap" if args.default_heap else ""
-    _report(data, f"predictor_{args.resolution}_{args.statistic}_t{args.threads}{heap}")
 
 
 def _refit(data: dict) -> None:
@@ -192,28 +202,8 @@ def _report(data: dict, name: str) -> None:
     summary = {"within_10": _share(errs, 0.10), "within_15": _share(errs, 0.15),
                "median_abs_error": statistics.median(abs(e) for e in errs), "n": len(rows)}
     if data.get("ttft"):
-        t = data["ttft"]
-        by_hash = {r["spec_hash"]: r for r in rows}
-        for o in t["rows"]:
-            enc = by_hash[o["spec_hash"]]
-            o["predicted_ttft_ms"] = enc["predicted_ms"] + o["prefill_fit_ms"]
-            o["measured_ttft_ms"] = enc["measured_ms"] + o["prefill_measured_ms"]
-            o["rel_error"] = (o["predicted_ttft_ms"] - o["measured_ttft_ms"]) / o["measured_ttft_ms"]
-        terrs = [o["rel_error"] for o in t["rows"]]
-        summary["ttft"] = {"within_10": _share(terrs, 0.10), "median_abs_error": statistics.median(abs(e) for e in terrs),
-                           "n": len(terrs)}
-        md += [
-            f"\n### Predicted TTFT ({t['llm']}, {t['prompt_tokens']} prompt tokens) vs measured: {len(terrs)} of "
-            f"{len(rows)} specs\n",
-            f"{_summary(terrs)[0].upper()}{_summary(terrs)[1:]}. Predicted (`predicted_ttft_ms`): the encoder prediction above "
-            f"+ the prefill fit (quadratic in tokens, fitted at {t['fit_tokens']} tokens). Measured: the encoder timed "
-            f"above + the decoder's prefill timed at the spec's exact token count (median of 3). Specs with more tokens "
-            f"than the fit's largest are left out ({len(rows) - len(terrs)}).\n",
-            "| arch | tokens | predicted TTFT ms | measured TTFT ms | prefill fit / measured ms | error |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        md += [f"| {o['arch']} | {o['tokens']} | {o['predicted_ttft_ms']:.1f} | {o['measured_ttft_ms']:.1f} | "
-               f"{o['prefill_fit_ms']:.0f} / {o['prefill_measured_ms']:.0f} | {o['rel_error']:+.1%} |" for o in t["rows"]]
+        summary["ttft"], ttft_md = _ttft_section(data["ttft"], rows)
+        md += ttft_md
     if data.get("note"):
         md.append(f"\nNote: {data['note']}")
     if "reported" in data:
@@ -221,6 +211,32 @@ def _report(data: dict, name: str) -> None:
                   f"`{data['reported']['command']}`.)")
     data["summary"] = summary
     write(name, data, "\n".join(md) + "\n")
+
+
+def _ttft_section(t: dict, rows: list) -> tuple:
+    """(summary, report lines) of predicted against measured TTFT, from the encoder rows and the prefill timings."""
+    by_hash = {r["spec_hash"]: r for r in rows}
+    for o in t["rows"]:
+        enc = by_hash[o["spec_hash"]]
+        o["predicted_ttft_ms"] = enc["predicted_ms"] + o["prefill_fit_ms"]
+        o["measured_ttft_ms"] = enc["measured_ms"] + o["prefill_measured_ms"]
+        o["rel_error"] = (o["predicted_ttft_ms"] - o["measured_ttft_ms"]) / o["measured_ttft_ms"]
+    terrs = [o["rel_error"] for o in t["rows"]]
+    ttft = {"within_10": _share(terrs, 0.10), "median_abs_error": statistics.median(abs(e) for e in terrs),
+            "n": len(terrs)}
+    md = [
+        f"\n### Predicted TTFT ({t['llm']}, {t['prompt_tokens']} prompt tokens) vs measured: {len(terrs)} of "
+        f"{len(rows)} specs\n",
+        f"{_summary(terrs)[0].upper()}{_summary(terrs)[1:]}. Predicted (`predicted_ttft_ms`): the encoder prediction above "
+        f"+ the prefill fit (quadratic in tokens, fitted at {t['fit_tokens']} tokens). Measured: the encoder timed "
+        f"above + the decoder's prefill timed at the spec's exact token count (median of 3). Specs with more tokens "
+        f"than the fit's largest are left out ({len(rows) - len(terrs)}).\n",
+        "| arch | tokens | predicted TTFT ms | measured TTFT ms | prefill fit / measured ms | error |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    md += [f"| {o['arch']} | {o['tokens']} | {o['predicted_ttft_ms']:.1f} | {o['measured_ttft_ms']:.1f} | "
+           f"{o['prefill_fit_ms']:.0f} / {o['prefill_measured_ms']:.0f} | {o['rel_error']:+.1%} |" for o in t["rows"]]
+    return ttft, md
 
 
 def _validate_ttft(args, cfg: LatencyConfig, evaluated, rows) -> dict:
