@@ -63,7 +63,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "remote_latency")
     args = p.parse_args()
 
-    import _common
 
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "remote.jsonl"
@@ -95,6 +94,13 @@ def main() -> None:
                   f"(ratio {row['ratio']:.3f}), overhead {row['overhead_s']:.2f} s", flush=True)
     finally:
         proc.kill()
+    _report(args, log, fingerprint)
+
+
+def _report(args: argparse.Namespace, log: Path, fingerprint: str) -> None:
+    """The summary (agreement, overhead per trial) and table of every measured spec in ``log``."""
+    import _common
+
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     ratios = [r["ratio"] for r in rows]
     overheads = [r["overhead_s"] for r in rows]
