@@ -98,6 +98,58 @@ def _stats(runs, variant, res):
     return v
 
 
+class _Cells:
+    """Top-1 of the finished units by (variant, resolution): each cell's seeds, its mean, and its formatted row."""
+
+    def __init__(self, runs: dict) -> None:
+        self.runs = runs
+        self.by: dict = {}
+        for r in runs.values():
+            self.by.setdefault((r["variant"], r["resolution"]), []).append(r["val_top1"])
+
+    def mean(self, variant: str, res: int):
+        v = self.by.get((variant, res), [])
+        return statistics.fmean(v) if v else None
+
+    def fmt(self, variant: str, res: int) -> str:
+        v = self.by.get((variant, res), [])
+        return "-" if not v else f"{statistics.fmean(v):.3f} ({', '.join(f'{x:.3f}' for x in v)})"
+
+    def first(self, variant: str, res: int) -> dict:
+        return next(r for r in self.runs.values() if r["variant"] == variant and r["resolution"] == res)
+
+    def resolutions(self, variant: str) -> list:
+        return sorted(r for (v, r) in self.by if v == variant)
+
+
+def _questions(c: "_Cells", worst: float) -> list:
+    """(a) each resolution step of FastViTHD, (b) stride 64 against 32 at one resolution, (c) at equal tokens."""
+    lines = ["", "## (a) Each resolution step, FastViTHD\n", "| step | gain in mean top-1 | larger than the largest spread? |",
+             "| --- | ---: | --- |"]
+    res_hd = c.resolutions("fastvithd")
+    for lo, hi in zip(res_hd, res_hd[1:]):
+        a, b = c.mean("fastvithd", lo), c.mean("fastvithd", hi)
+        if a is not None and b is not None:
+            lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {'yes' if b - a > worst else 'no'} |")
+    lines += ["", "## (b) FastViTHD (stride 64) against the same network at stride 32, same resolution\n",
+              "| resolution | stride 64 | stride 32 | difference (64 - 32) | beyond the largest spread? |",
+              "| ---: | --- | --- | ---: | --- |"]
+    for res in c.resolutions("fastvithd_stride32"):
+        a, b = c.mean("fastvithd", res), c.mean("fastvithd_stride32", res)
+        if a is not None and b is not None:
+            lines.append(f"| {res} | {c.fmt('fastvithd', res)} | {c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
+                         f"{'yes' if abs(a - b) > worst else 'no'} |")
+    lines += ["", "## (c) Equal tokens: FastViTHD at 2R against stride 32 at R\n",
+              "| FastViTHD at | stride 32 at | tokens | FastViTHD | stride 32 | difference | beyond the largest spread? |",
+              "| ---: | ---: | ---: | --- | --- | ---: | --- |"]
+    for res in c.resolutions("fastvithd_stride32"):
+        a, b = c.mean("fastvithd", 2 * res), c.mean("fastvithd_stride32", res)
+        if a is not None and b is not None:
+            lines.append(f"| {2 * res} | {res} | {c.first('fastvithd_stride32', res)['tokens']} | {c.fmt('fastvithd', 2 * res)} | "
+                         f"{c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | {'yes' if abs(a - b) > worst else 'no'} |")
+    return lines
+
+
 def report(args) -> Path:
     out = Path(args.out)
     runs = _done(out / "runs.jsonl")
@@ -105,23 +157,11 @@ def report(args) -> Path:
         raise SystemExit(f"{out / 'runs.jsonl'}: no finished units")
     cfg = next(iter(runs.values()))["config"]
     seeds = sorted({r["seed"] for r in runs.values()})
+    c = _Cells(runs)
     # The seed-to-seed spread: per (variant, resolution) cell with every seed, max - min; its median over cells.
-    cells = {}
-    for r in runs.values():
-        cells.setdefault((r["variant"], r["resolution"]), []).append(r["val_top1"])
-    full = {k: v for k, v in cells.items() if len(v) == len(seeds)}
-    spreads = [max(v) - min(v) for v in full.values()]
+    spreads = [max(v) - min(v) for v in c.by.values() if len(v) == len(seeds)]
     spread = statistics.median(spreads) if spreads else float("nan")
     worst = max(spreads) if spreads else float("nan")
-
-    def cell(variant, res):
-        v = cells.get((variant, res), [])
-        return (statistics.fmean(v), v) if v else (None, v)
-
-    def fmt(variant, res):
-        m, v = cell(variant, res)
-        return "-" if m is None else f"{m:.3f} ({', '.join(f'{x:.3f}' for x in v)})"
-
     lines = [
         "# The `glyphs` task: does accuracy see resolution and the extra downsampling stage?\n",
         f"Regenerate: `{args.command}` (resumes from `runs.jsonl`; `--report-only` rewrites this report). "
@@ -135,36 +175,10 @@ def report(args) -> Path:
         "## Top-1 by variant and resolution (mean, then each seed)\n",
         "| variant | resolution | input side | tokens | top-1 |", "| --- | ---: | ---: | ---: | --- |",
     ]
-    for (variant, res) in sorted(cells, key=lambda k: (k[0], k[1])):
-        r0 = next(r for r in runs.values() if r["variant"] == variant and r["resolution"] == res)
-        lines.append(f"| {variant} | {res} | {r0['input_side']} | {r0['tokens']} | {fmt(variant, res)} |")
-    # (a)
-    res_hd = sorted(r for (v, r) in cells if v == "fastvithd")
-    lines += ["", "## (a) Each resolution step, FastViTHD\n", "| step | gain in mean top-1 | larger than the largest spread? |",
-              "| --- | ---: | --- |"]
-    for lo, hi in zip(res_hd, res_hd[1:]):
-        a, b = cell("fastvithd", lo)[0], cell("fastvithd", hi)[0]
-        if a is not None and b is not None:
-            lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {'yes' if b - a > worst else 'no'} |")
-    # (b)
-    lines += ["", "## (b) FastViTHD (stride 64) against the same network at stride 32, same resolution\n",
-              "| resolution | stride 64 | stride 32 | difference (64 - 32) | beyond the largest spread? |",
-              "| ---: | --- | --- | ---: | --- |"]
-    for res in sorted(r for (v, r) in cells if v == "fastvithd_stride32"):
-        a, b = cell("fastvithd", res)[0], cell("fastvithd_stride32", res)[0]
-        if a is not None and b is not None:
-            lines.append(f"| {res} | {fmt('fastvithd', res)} | {fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
-                         f"{'yes' if abs(a - b) > worst else 'no'} |")
-    # (c)
-    lines += ["", "## (c) Equal tokens: FastViTHD at 2R against stride 32 at R\n",
-              "| FastViTHD at | stride 32 at | tokens | FastViTHD | stride 32 | difference | beyond the largest spread? |",
-              "| ---: | ---: | ---: | --- | --- | ---: | --- |"]
-    for res in sorted(r for (v, r) in cells if v == "fastvithd_stride32"):
-        a, b = cell("fastvithd", 2 * res)[0], cell("fastvithd_stride32", res)[0]
-        if a is not None and b is not None:
-            r0 = next(r for r in runs.values() if r["variant"] == "fastvithd_stride32" and r["resolution"] == res)
-            lines.append(f"| {2 * res} | {res} | {r0['tokens']} | {fmt('fastvithd', 2 * res)} | "
-                         f"{fmt('fastvithd_stride32', res)} | {a - b:+.3f} | {'yes' if abs(a - b) > worst else 'no'} |")
+    for (variant, res) in sorted(c.by, key=lambda k: (k[0], k[1])):
+        r0 = c.first(variant, res)
+        lines.append(f"| {variant} | {res} | {r0['input_side']} | {r0['tokens']} | {c.fmt(variant, res)} |")
+    lines += _questions(c, worst)
     lines += ["", "(d): the two-seed reference over the flagship space's specs is the fidelity study on `glyphs` "
               "(`analysis/proxy_fidelity_glyphs/`).", "",
               "Conditions: " + ", ".join(sorted({f"{r['threads']} thread(s)" for r in runs.values()})) +
@@ -173,7 +187,6 @@ def report(args) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
