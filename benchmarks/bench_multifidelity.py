@@ -137,7 +137,7 @@ def _read(log: Path) -> dict:
     return done
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials-file", default=str(ROOT / "trials" / "quickstart_rungs.yaml"))
     ap.add_argument("--budget-s", type=float, default=1800.0, help="wall-clock seconds per run")
@@ -150,7 +150,11 @@ def main() -> None:
     ap.add_argument("--lut", default=None,
                     help="the calibrated latency table's folder, shared by processes run side by side (default: a "
                          "temporary one); calibrated on first use")
-    args, overrides = ap.parse_known_args()
+    return ap
+
+
+def main() -> None:
+    args, overrides = _parser().parse_known_args()
     log = Path(args.log or RESULTS / f"{args.name}.jsonl")
     done = _read(log)
     lut = Path(args.lut) if args.lut else Path(tempfile.mkdtemp(prefix="archsearch-bench-lut-"))
@@ -172,6 +176,11 @@ def main() -> None:
     if missing:
         print(f"no report yet: {log} lacks {missing}", flush=True)
         return
+    _report(args, overrides, done)
+
+
+def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
+    """Hypervolume of every (seed, mode)'s final front and over its budget; the report and its JSON."""
     hv, norm = {}, {}
     for seed in args.seeds:
         recs = [done[(seed, m)] for m in ("rungs", "plain")]

@@ -182,16 +182,7 @@ def _report(data: dict, name: str) -> None:
             f"with each evaluated model. With the probe speed timed right after each model instead (per-model rebase): "
             f"{_summary([r['per_model_rel_error'] for r in rows])}. With the probe speed of calibration: "
             f"{_summary([r['absolute_rel_error'] for r in rows])}.\n")
-    passes = min(len(r.get("passes") or [r]) for r in rows)
-    if passes > 1:
-        def spread(key: str) -> str:
-            return _summary([r["passes"][1][key] / r["passes"][0][key] - 1 for r in rows])
-
-        md.append(f"Each model was measured in {passes} passes over all specs (minutes apart; each row is their median), "
-                  f"so a slow minute of the machine does not decide a row. The measurement's own repeatability, pass 2 "
-                  f"against pass 1: " + (f"ratios to the probe {spread('measured_rel')}; ms " if relative else "")
-                  + f"{spread('measured_ms')}. No predictor can agree with the measurement better than the measurement "
-                  f"agrees with itself.\n")
+    md += _repeatability(rows, relative)
     md += [
         "| arch | res | predicted ms | measured ms | error |" + (" probe ms (per-model) |" if relative else ""),
         "| --- | ---: | ---: | ---: | ---: |" + (" ---: |" if relative else ""),
@@ -212,6 +203,21 @@ def _report(data: dict, name: str) -> None:
     data["summary"] = summary
     write(name, data, "\n".join(md) + "\n")
 
+
+def _repeatability(rows: list, relative: bool) -> list:
+    """With two or more passes: how well pass 2 agrees with pass 1 (no predictor can agree better)."""
+    passes = min(len(r.get("passes") or [r]) for r in rows)
+    if passes < 2:
+        return []
+
+    def spread(key: str) -> str:
+        return _summary([r["passes"][1][key] / r["passes"][0][key] - 1 for r in rows])
+
+    return [f"Each model was measured in {passes} passes over all specs (minutes apart; each row is their median), "
+            f"so a slow minute of the machine does not decide a row. The measurement's own repeatability, pass 2 "
+            f"against pass 1: " + (f"ratios to the probe {spread('measured_rel')}; ms " if relative else "")
+            + f"{spread('measured_ms')}. No predictor can agree with the measurement better than the measurement "
+            f"agrees with itself.\n"]
 
 def _ttft_section(t: dict, rows: list) -> tuple:
     """(summary, report lines) of predicted against measured TTFT, from the encoder rows and the prefill timings."""
