@@ -216,7 +216,7 @@ def test_sigint_then_resume(tmp_path):
     # would triple them).
     slow = ["measure.latency.repeats=3000", "measure.latency.noisy_retries=0"]
     proc = _cli(["search", str(path), *slow], tmp_path)
-    _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 2, 240, "two complete trials")
+    _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 1, 240, "a complete trial")
     proc.send_signal(signal.SIGINT)
     asked = time.monotonic()
     out, err = proc.communicate(timeout=120)
@@ -225,7 +225,7 @@ def test_sigint_then_resume(tmp_path):
     assert "interrupted" in err and "Traceback" not in err
     before = optuna.load_study(study_name="t", storage=url)
     kept = {t.number: t.values for t in before.get_trials(states=(TrialState.COMPLETE,))}
-    assert 2 <= len(kept) < 6
+    assert 1 <= len(kept) < 6
     # The rest at 3 repeats: how precisely latency is timed is no condition of the study (its values are).
     proc = _cli(["search", str(path), "measure.latency.repeats=3"], tmp_path)
     out, err = proc.communicate(timeout=600)
