@@ -13,7 +13,31 @@ from ._record import ATTR_RUNGS, TrialRecord
 from .progress import TrialEvent
 from .tracking import Tracker
 
-__all__ = ["track_trial", "trial_event"]
+__all__ = ["close_parent_run", "open_parent_run", "track_trial", "trial_event"]
+
+#: Study attributes: the study's MLflow parent run, and whether a worker has closed it.
+ATTR_PARENT_RUN, ATTR_PARENT_FINISHED = "mlflow_parent_run_id", "mlflow_parent_finished"
+
+
+def open_parent_run(tracker: Tracker, study: optuna.Study, cfg, *, space: str, storage: str) -> Optional[str]:
+    """The study's MLflow parent run: started by the first worker (its id kept on the study), found by the rest.
+    Its params say what the study is and which frozen predictor prices its trials."""
+    if ATTR_PARENT_RUN not in study.user_attrs and tracker.enabled:
+        predictor = {f"predictor.{k}": str(v) for k, v in (study.user_attrs.get("predictor") or {}).items()}
+        run_id = tracker.start_study(cfg.study, {
+            "space": space, "objectives": ",".join(o.name for o in cfg.objectives), "sampler": cfg.sampler.name,
+            "n_trials": str(cfg.n_trials), "storage": storage, **predictor})
+        if run_id:
+            study.set_user_attr(ATTR_PARENT_RUN, run_id)
+    return study.user_attrs.get(ATTR_PARENT_RUN)
+
+
+def close_parent_run(tracker: Tracker, study: optuna.Study, run_id: str, front_dir) -> None:
+    """Log the exported front on the parent run and mark it FINISHED, once (call it under the budget's lock)."""
+    if not study.user_attrs.get(ATTR_PARENT_FINISHED):
+        tracker.log_study_artifacts(run_id, front_dir)
+        tracker.finish_study(run_id)
+        study.set_user_attr(ATTR_PARENT_FINISHED, True)
 
 
 def trial_event(study: optuna.Study, record: TrialRecord, *, objectives: Sequence[str], full_steps: Optional[int],

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from . import _interrupts, _scoped
 from ._evaluate import Evaluator
-from ._observe import track_trial, trial_event
+from ._observe import close_parent_run, open_parent_run, track_trial, trial_event
 from ._record import ATTR_WORKER, TrialRecord
 from ._storage import WORKER, BudgetLock, fail_running, fail_trials_of_dead_workers
 from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity
@@ -136,16 +136,8 @@ class SearchRunner:
         freeze_predictor(self.study, self.cfg, self.space, self.measurer, self.evaluator.metric_names)
         if "references" not in attrs and self.references:
             self.study.set_user_attr("references", self.evaluator.references(self.study, self.references, self.warn))
-        if "mlflow_parent_run_id" not in attrs and self.tracker.enabled:
-            predictor = {f"predictor.{k}": str(v) for k, v in (self.study.user_attrs.get("predictor") or {}).items()}
-            run_id = self.tracker.start_study(self.cfg.study, {
-                "space": self.space.name, "objectives": ",".join(o.name for o in self.cfg.objectives),
-                "sampler": self.cfg.sampler.name, "n_trials": str(self.cfg.n_trials), "storage": mask_secrets(self.url),
-                **predictor,
-            })
-            if run_id:
-                self.study.set_user_attr("mlflow_parent_run_id", run_id)
-        self.parent_run_id = self.study.user_attrs.get("mlflow_parent_run_id")
+        self.parent_run_id = open_parent_run(self.tracker, self.study, self.cfg, space=self.space.name,
+                                             storage=mask_secrets(self.url))
 
     def _account(self, record: TrialRecord) -> None:
         """This process's bookkeeping of a trial it ended: counts by state, and its error in one line."""
@@ -260,10 +252,7 @@ class SearchRunner:
             result.pareto = export_pareto(study, out)
             if complete and self.parent_run_id:
                 with self.lock.held():  # the last workers may finish together: one closes the run
-                    if not study.user_attrs.get("mlflow_parent_finished"):
-                        self.tracker.log_study_artifacts(self.parent_run_id, out)
-                        self.tracker.finish_study(self.parent_run_id)
-                        study.set_user_attr("mlflow_parent_finished", True)
+                    close_parent_run(self.tracker, study, self.parent_run_id, out)
         if self.cfg.fidelity is not None:
             from ._rungs import remove_orphan_checkpoints, rung_dir, summary
 
