@@ -115,6 +115,8 @@ class SearchRunner:
         self.measured_here = 0
 
     def objective(self, trial: optuna.Trial) -> List[float]:
+        # The storage's id of the trial (Trial has no public one): the loop reads the finished trial back by it,
+        # and an interrupted one is marked failed through it.
         self._trial_id = trial._trial_id
         try:
             return self._objective(trial)
