@@ -92,7 +92,8 @@ def promotes(trial: Hashable, table: Mapping[Hashable, Sequence[float]], directi
 def summary(trials: Sequence, rungs: Sequence[int]) -> dict:
     """How a multi-fidelity study spent its training: trials stopped at each rung, trials that reached the
     last, and the training steps saved against training every one of them to the full budget.
-    ``trials``: Optuna trials (their ``user_attrs`` ``rungs``/``stopped_at_rung``) that finished."""
+    ``trials``: Optuna trials (their ``user_attrs`` ``rungs``/``stopped_at_rung``) that finished; ``rungs``:
+    the steps at each rung (:attr:`FidelityConfig.steps`: a screen's rung has 0)."""
     stopped = {str(i): 0 for i in range(len(rungs) - 1)}  # str keys: the summary is stored as JSON
     full, trained = 0, 0
     for t in trials:
@@ -125,7 +126,9 @@ def to_finish(trials: Sequence, directions: Sequence[str], tolerance: Sequence[f
 
     taken = {t.user_attrs.get(ATTR_SPEC_HASH) for t in trials
              if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
-    stopped = [t for t in trials if t.state == TrialState.PRUNED and ATTR_STOPPED_AT in t.user_attrs]
+    # A trial the zero-cost screen stopped (rung of 0 steps) has no training to finish.
+    stopped = [t for t in trials if t.state == TrialState.PRUNED and ATTR_STOPPED_AT in t.user_attrs
+               and (t.user_attrs.get(ATTR_RUNG_STEPS) or [1])[-1] > 0]
     if not stopped:
         return None
     deepest = max(t.user_attrs[ATTR_STOPPED_AT] for t in stopped)
@@ -173,50 +176,70 @@ def train_in_rungs(trial, *, measurer, fidelity, objectives, spec, resolution: i
     holds the cheap objectives, measured before. A ``finishing`` trial (one of the provisional front's,
     re-run to the full budget) records its rungs but is never stopped.
 
-    At the lower rungs the signal costs no full validation pass: ``train_loss_sum`` is the sum so far,
+    With ``fidelity.screen``, rung 0 comes before any training: the zero-cost proxy's score stands in the
+    fidelity metric's place (ranked as the proxy's direction, no tie tolerance: the score is exact), and a
+    trial it stops has built no training run and loaded no training data.
+    At the lower training rungs the signal costs no full validation pass: ``train_loss_sum`` is the sum so far,
     ``train_top1`` the top-1 on ``fidelity.val_subset`` validation images; the last rung validates in full.
     The run's checkpoint lives in ``checkpoint_dir`` (the study's, never ``$TMPDIR``), is written at each
     lower boundary so that a crashed trial's retry resumes there, and goes when the trial ends."""
-    import optuna
-    from optuna.trial import TrialState
-
     names = [o.name for o in objectives]
-    directions = [o.direction for o in objectives]
-    tolerance = tolerances(fidelity, names)
+    steps = fidelity.steps
+    offset = len(steps) - len(fidelity.rungs)  # 1 with a screen: training boundary i is rung i + 1
     field = "val_top1" if fidelity.metric == "train_top1" else "loss_sum"
     rungs: Dict[str, list] = {}
 
-    def record(i: int, signal: float) -> None:
-        values[fidelity.metric] = float(signal)
-        rungs[str(i)] = [values[n] for n in names]
+    def decide(i: int, signal: float, screen: bool = False) -> bool:
+        values[fidelity.screen if screen else fidelity.metric] = float(signal)
+        rungs[str(i)] = [float(signal) if n == fidelity.metric else values[n] for n in names]
         # Stored before deciding, so that the other workers rank against it at once.
         trial.set_user_attr(ATTR_RUNGS, dict(rungs))
-        trial.set_user_attr(ATTR_RUNG_STEPS, list(fidelity.rungs[: i + 1]))
-
-    def decide(i: int, signals: Dict[str, float]) -> bool:
-        record(i, signals[field])
+        trial.set_user_attr(ATTR_RUNG_STEPS, steps[: i + 1])
         if finishing:
             return True
-        # A failed trial (a killed worker's) does not stand in the table: its retry, with the same
-        # values, would otherwise lose the tie to it and nothing would reach the last rung.
-        table = {t.number: t.user_attrs[ATTR_RUNGS][str(i)] for t in trial.study.get_trials(deepcopy=False)
-                 if str(i) in t.user_attrs.get(ATTR_RUNGS, {}) and t.state != TrialState.FAIL}
-        table[trial.number] = rungs[str(i)]
-        return promotes(trial.number, table, directions, fidelity.eta, tolerance)
+        directions = [SCREEN_DIRECTION if screen and n == fidelity.metric else o.direction for n, o in zip(names, objectives)]
+        return promotes(trial.number, _rung_table(trial, i, rungs[str(i)]), directions, fidelity.eta,
+                        () if screen else tolerances(fidelity, names))
 
+    if fidelity.screen and not decide(0, measurer.proxy_score(spec, fidelity.screen, resolution)["score"], screen=True):
+        _stop(trial, values, fidelity, 0)
     checkpoint = _checkpoint_for(checkpoint_dir, f"{spec.spec_hash}-{resolution}-{'-'.join(map(str, fidelity.rungs))}")
+    hook = _hook(fidelity, lambda i, signals: decide(i + offset, signals[field]), checkpoint)
     try:
-        result = measurer.train_with_rungs(spec, resolution, _hook(fidelity, decide, checkpoint))
+        result = measurer.train_with_rungs(spec, resolution, hook)
     finally:
         for leftover in (checkpoint, *checkpoint.parent.glob(f"{checkpoint.name}.*.tmp")):
             leftover.unlink(missing_ok=True)
-    at = result["stopped_at"]
-    if at is not None:
-        trial.set_user_attr(ATTR_STOPPED_AT, at)
-        trial.set_user_attr(ATTR_METRICS, values)
-        raise optuna.TrialPruned(f"stopped at rung {at} ({fidelity.rungs[at]} steps): not in the top 1/{fidelity.eta} there")
-    record(len(fidelity.rungs) - 1, _final(fidelity, result))
+    if result["stopped_at"] is not None:
+        _stop(trial, values, fidelity, result["stopped_at"] + offset)
+    decide(len(steps) - 1, _final(fidelity, result))
     return values
+
+
+#: The direction of every zero-cost proxy's score (higher ranks better), in a screen's rung table.
+SCREEN_DIRECTION = "maximize"
+
+
+def _rung_table(trial, i: int, mine: list) -> Dict[Hashable, list]:
+    """Every trial's values at rung ``i``, ``trial``'s own as ``mine``. A failed trial (a killed worker's) does
+    not stand in the table: its retry, with the same values, would otherwise lose the tie to it and nothing
+    would reach the last rung."""
+    from optuna.trial import TrialState
+
+    table = {t.number: t.user_attrs[ATTR_RUNGS][str(i)] for t in trial.study.get_trials(deepcopy=False)
+             if str(i) in t.user_attrs.get(ATTR_RUNGS, {}) and t.state != TrialState.FAIL}
+    table[trial.number] = mine
+    return table
+
+
+def _stop(trial, values: dict, fidelity, at: int):
+    """End ``trial`` PRUNED at rung ``at``, its values kept."""
+    import optuna
+
+    trial.set_user_attr(ATTR_STOPPED_AT, at)
+    trial.set_user_attr(ATTR_METRICS, values)
+    where = f"the {fidelity.screen} screen (no training)" if fidelity.steps[at] == 0 else f"rung {at} ({fidelity.steps[at]} steps)"
+    raise optuna.TrialPruned(f"stopped at {where}: not in the top 1/{fidelity.eta} there")
 
 
 def _hook(fidelity, decide, checkpoint=None):

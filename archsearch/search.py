@@ -261,7 +261,7 @@ class SearchRunner:
             if complete:  # nothing will resume from a dead worker's checkpoint now
                 remove_orphan_checkpoints(rung_dir(self.url, self.cfg.study))
             result.rungs = summary(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
-                                   self.cfg.fidelity.rungs)
+                                   self.cfg.fidelity.steps)
             study.set_user_attr("rung_summary", result.rungs)
         result.complete = complete
         result.states_here = dict(self.states_here)

@@ -11,7 +11,7 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
-from .options import DEFAULT_STORAGE, MeasureOptions
+from .options import DEFAULT_STORAGE, ZERO_COST_NAMES, MeasureOptions
 from ._config import apply_overrides
 
 __all__ = [
@@ -115,12 +115,20 @@ class FidelityConfig:
     #: Share of ``n_trials`` that re-runs stopped trials of the provisional front to the full budget, so that
     #: the final front is made of full-budget trials (0: none).
     finish_share: float = 0.25
+    #: A zero-cost proxy (synflow, naswot, grad_norm, snip; ``measure.proxy``'s options) that decides a rung 0
+    #: before any training: a trial trains only if its score, in the fidelity metric's place, puts it in the
+    #: top ``1/eta`` there. None: the first rung is a training one.
+    screen: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.metric not in ("train_top1", "train_loss_sum"):
             raise ConfigError("metric", f"{self.metric!r} is not a training objective (train_top1, train_loss_sum)")
-        if len(self.rungs) < 2 or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
-            raise ConfigError("rungs", f"need two or more increasing step counts >= 1, got {list(self.rungs)}")
+        if self.screen is not None and self.screen not in ZERO_COST_NAMES:
+            raise ConfigError("screen", f"{self.screen!r} is not a zero-cost proxy ({', '.join(ZERO_COST_NAMES)})")
+        least = 1 if self.screen else 2
+        if len(self.rungs) < least or any(b <= a for a, b in zip(self.rungs, self.rungs[1:])) or self.rungs[0] < 1:
+            raise ConfigError("rungs", f"need {'one' if self.screen else 'two'} or more increasing step counts >= 1, "
+                                       f"got {list(self.rungs)}")
         if self.eta < 2:
             raise ConfigError("eta", f"must be >= 2, got {self.eta}")
         if not 0 <= self.tie_tolerance < 1:
@@ -129,6 +137,12 @@ class FidelityConfig:
             raise ConfigError("val_subset", f"must be >= 1, got {self.val_subset}")
         if not 0 <= self.finish_share < 1:
             raise ConfigError("finish_share", f"must be within [0, 1), got {self.finish_share}")
+
+    @property
+    def steps(self) -> List[int]:
+        """Training steps at each rung, the screen's (0 steps) first when there is one: the rung indices that
+        a trial's stored rung values and ``stopped_at_rung`` use."""
+        return ([0] if self.screen else []) + list(self.rungs)
 
 
 @dataclass
@@ -194,8 +208,15 @@ class TrialsConfig:
         refs = [load_spec(self.resolve(e.spec)).code for e in self.enqueue]
         return (f"study {self.study!r}, space {space.name!r} (resolutions {list(space.config.resolution)}), "
                 f"objectives {', '.join(f'{o.name} ({o.direction})' for o in self.objectives)}, "
-                f"{n_trials or self.n_trials} trials with {self.sampler.name}; references: {', '.join(refs) or 'none'}; "
-                "nothing run")
+                f"{n_trials or self.n_trials} trials with {self.sampler.name}{self._describe_rungs()}; "
+                f"references: {', '.join(refs) or 'none'}; nothing run")
+
+    def _describe_rungs(self) -> str:
+        f = self.fidelity
+        if f is None:
+            return ""
+        screen = f"a {f.screen} screen, then " if f.screen else ""
+        return f" in rungs ({screen}{f.metric} at {', '.join(map(str, f.rungs))} steps, top 1/{f.eta} go on)"
 
     def resolve(self, path: str) -> str:
         """A path written in the file, found from the file's folder (see :func:`resolve_relative`)."""

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
-import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy.exc
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -22,21 +18,10 @@ from archsearch.references import get_reference
 from archsearch.search import SearchRunner
 from archsearch.trials import load_trials
 
-from .conftest import ROOT, cli_env, experiment, run_cli
+from .conftest import NOT_YET, ROOT, cli_popen, experiment, run_cli, study_states, wait_for
 
 #: End to end (subprocesses, services, training): outside the fast subset (`pytest -m 'not slow'`).
 pytestmark = pytest.mark.slow
-
-def _default_sigint() -> None:
-    # A harness that runs the suite in the background (`cmd &` in a script) starts it with SIGINT ignored,
-    # and children inherit that; the workers here must see Ctrl-C as a user's terminal sends it.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _cli(args, tmp: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp, env=cli_env(tmp),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint, **kw)
-
 
 def _mlflow_trial_numbers(uri: str, experiment: str = "t") -> list[int]:
     from mlflow.tracking import MlflowClient
@@ -183,29 +168,6 @@ def test_directions_of_an_existing_study_are_checked(tmp_path):
         SearchRunner(flipped)
 
 
-#: What loading a study raises while a worker under test is still creating it (no study yet; the schema half
-#: made: CI saw a poll race the worker's schema creation, both inserting alembic's version row).
-_NOT_YET = (KeyError, sqlalchemy.exc.SQLAlchemyError)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _states(url: str, name: str = "t") -> dict:
-    """The study's trial states by number; {} while the worker under test is still creating the study."""
-    try:
-        study = optuna.load_study(study_name=name, storage=url)
-    except _NOT_YET:
-        return {}
-    return {t.number: t.state for t in study.get_trials(deepcopy=False)}
-
-
 SLOW = "[{name: latency_ms, direction: minimize}, {name: macs, direction: minimize}]"
 
 
@@ -215,8 +177,8 @@ def test_sigint_then_resume(tmp_path):
     # Seconds a trial, so that the signal lands mid-study; one attempt each (a busy host's noisy re-measure
     # would triple them).
     slow = ["measure.latency.repeats=3000", "measure.latency.noisy_retries=0"]
-    proc = _cli(["search", str(path), *slow], tmp_path)
-    _wait_for(lambda: sum(s == TrialState.COMPLETE for s in _states(url).values()) >= 1, 240, "a complete trial")
+    proc = cli_popen(["search", str(path), *slow], tmp_path)
+    wait_for(lambda: sum(s == TrialState.COMPLETE for s in study_states(url).values()) >= 1, 240, "a complete trial")
     proc.send_signal(signal.SIGINT)
     asked = time.monotonic()
     out, err = proc.communicate(timeout=120)
@@ -227,7 +189,7 @@ def test_sigint_then_resume(tmp_path):
     kept = {t.number: t.values for t in before.get_trials(states=(TrialState.COMPLETE,))}
     assert 1 <= len(kept) < 6
     # The rest at 3 repeats: how precisely latency is timed is no condition of the study (its values are).
-    proc = _cli(["search", str(path), "measure.latency.repeats=3"], tmp_path)
+    proc = cli_popen(["search", str(path), "measure.latency.repeats=3"], tmp_path)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     after = optuna.load_study(study_name="t", storage=url)
@@ -238,14 +200,14 @@ def test_sigint_then_resume(tmp_path):
 def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    victim = _cli(["worker", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0"], tmp_path)
-    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+    victim = cli_popen(["worker", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0"], tmp_path)
+    wait_for(lambda: any(s == TrialState.RUNNING for s in study_states(url).values()), 240, "a running trial")
     time.sleep(1.5)  # let its heartbeat start
-    running = [n for n, s in _states(url).items() if s == TrialState.RUNNING]
+    running = [n for n, s in study_states(url).items() if s == TrialState.RUNNING]
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
     time.sleep(4)  # longer than grace_s: the trial is stale now
-    rescuer = _cli(["worker", str(path)], tmp_path)
+    rescuer = cli_popen(["worker", str(path)], tmp_path)
     out, err = rescuer.communicate(timeout=600)
     assert rescuer.returncode == 0, err
     study = optuna.load_study(study_name="t", storage=url)
@@ -257,44 +219,12 @@ def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     assert len(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 3
 
 
-def _postgres_url(db: str = "test") -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{db}"
-
-
-def _postgres_available() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(_postgres_url(), connect_timeout=3).close()
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-
-
-@pytest.fixture
-def postgres_dbs():
-    if not _postgres_available():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (trust auth, database 'test')")
-    import psycopg
-
-    names = [f"archsearch_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
-    conn = psycopg.connect(_postgres_url(), autocommit=True)
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"CREATE DATABASE {name}")
-    yield [_postgres_url(n) for n in names]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    conn.close()
-
-
 def test_three_workers_on_postgresql(tmp_path, postgres_dbs):
     optuna_url, mlflow_url = postgres_dbs
     path = experiment(tmp_path, n_trials=30, storage=optuna_url, tracking=mlflow_url)
     # Create the study and the MLflow tables once, so the three workers race only for trials.
     SearchRunner(load_trials(path)).run(n_trials=1)
-    workers = [_cli(["worker", str(path)], tmp_path) for _ in range(3)]
+    workers = [cli_popen(["worker", str(path)], tmp_path) for _ in range(3)]
     for w in workers:
         out, err = w.communicate(timeout=900)
         assert w.returncode == 0, err
@@ -322,7 +252,7 @@ def test_pareto_helpers():
     assert not is_fastvithd_like(no_attention)
 
 
-def test_pareto_cli(tmp_path, capsys):
+def test_paretocli_popen(tmp_path, capsys):
     from archsearch.cli import main
 
     cfg = load_trials(experiment(tmp_path, n_trials=4))
@@ -345,7 +275,7 @@ def test_train_proxy_objective(tmp_path):
 def test_a_run_that_only_failed_exits_non_zero(tmp_path):
     # Every trial fails (no CUDA device here): the command says why in one line and exits 1, not 0.
     path = experiment(tmp_path, objectives="[{name: latency_ms}]", n_trials=4)
-    proc = _cli(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false", "max_consecutive_failures=2"],
+    proc = cli_popen(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false", "max_consecutive_failures=2"],
                 tmp_path)
     out, err = proc.communicate(timeout=300)
     if proc.returncode == 0 and "cuda" not in err:
@@ -363,22 +293,22 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials); no
     # reference (it would be timed before any trial, and its enqueued trial is then served from the cache).
-    victim = _cli(["search", str(path), "measure.latency.repeats=30000", "measure.latency.noisy_retries=0", "grace_s=600", "tracking.enabled=false",
+    victim = cli_popen(["search", str(path), "measure.latency.repeats=30000", "measure.latency.noisy_retries=0", "grace_s=600", "tracking.enabled=false",
                    "enqueue=[]"], tmp_path)
 
     def measuring() -> list:  # a trial killed before it names its worker waits for grace_s (documented)
         try:
             study = optuna.load_study(study_name="t", storage=url)
-        except _NOT_YET:
+        except NOT_YET:
             return []
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if "worker" in t.user_attrs and "spec" in t.user_attrs]
 
-    _wait_for(measuring, 240, "a running trial that names its worker and is being measured")
+    wait_for(measuring, 240, "a running trial that names its worker and is being measured")
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
-    assert measuring(), _states(url)
-    rerun = _cli(["search", str(path), "grace_s=600", "tracking.enabled=false", "enqueue=[]"], tmp_path)
+    assert measuring(), study_states(url)
+    rerun = cli_popen(["search", str(path), "grace_s=600", "tracking.enabled=false", "enqueue=[]"], tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert "is gone; the trial is failed and retried" in err and "Traceback" not in err
@@ -392,15 +322,15 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
 def test_sigterm_is_handled_like_sigint(tmp_path):
     path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    proc = _cli(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0", "tracking.enabled=false"], tmp_path)
-    _wait_for(lambda: any(s == TrialState.RUNNING for s in _states(url).values()), 240, "a running trial")
+    proc = cli_popen(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0", "tracking.enabled=false"], tmp_path)
+    wait_for(lambda: any(s == TrialState.RUNNING for s in study_states(url).values()), 240, "a running trial")
     proc.send_signal(signal.SIGTERM)
     asked = time.monotonic()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert time.monotonic() - asked < 30, "an interrupt stops a measurement within seconds"
     assert "terminated" in err and "Traceback" not in err
-    assert not [n for n, s in _states(url).items() if s == TrialState.RUNNING], "the trial was marked"
+    assert not [n for n, s in study_states(url).items() if s == TrialState.RUNNING], "the trial was marked"
 
 
 def test_a_study_reopened_with_another_space_is_refused(tmp_path):
@@ -408,15 +338,15 @@ def test_a_study_reopened_with_another_space_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     env = {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")}
     assert run_cli(["search", str(path), "tracking.enabled=false"], tmp_path, env).returncode == 0
-    before = _states(url)
+    before = study_states(url)
     for change in ('space_overrides=["resolution=[128]"]', 'space_overrides=["stages.0.width=[24]"]'):
         proc = run_cli(["search", str(path), "n_trials=4", "tracking.enabled=false", change], tmp_path, env)
         assert proc.returncode == 2, (proc.stdout, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "another search space" in proc.stderr
-        assert _states(url) == before
+        assert study_states(url) == before
     # The same space resumes.
     proc = run_cli(["search", str(path), "n_trials=4", "tracking.enabled=false"], tmp_path, env)
-    assert proc.returncode == 0 and len(_states(url)) >= 4
+    assert proc.returncode == 0 and len(study_states(url)) >= 4
 
 
 def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
@@ -424,7 +354,7 @@ def test_two_workers_on_a_fresh_postgresql_database(tmp_path, postgres_dbs):
     optuna_url, mlflow_url = postgres_dbs
     path = experiment(tmp_path, objectives="[{name: params}, {name: macs}]", n_trials=6, storage=optuna_url,
                        tracking=mlflow_url)
-    workers = [_cli(["worker", str(path)], tmp_path) for _ in range(2)]
+    workers = [cli_popen(["worker", str(path)], tmp_path) for _ in range(2)]
     for w in workers:
         out, err = w.communicate(timeout=600)
         assert w.returncode == 0, err
@@ -465,136 +395,3 @@ def test_a_study_prices_every_trial_with_one_frozen_predictor(tmp_path, monkeypa
     monkeypatch.setattr(predictor_module, "latency_device", lambda cfg: ({"kind": "cpu"}, "cpu-another-machine"))
     with pytest.raises(ConfigError, match="priced its trials with latency table"):
         SearchRunner(load_trials(path, ["measure.predictor_fit=3", "n_trials=10"])).run()
-
-
-RUNG_TRAIN = ("measure.train={data: digits, resolution: 32, max_depth: 1, width_mult: 1.0, batch_size: 16, "
-              "train_size: 128, val_size: 64}")
-
-
-def _rung_experiment(tmp_path: Path, n_trials: int = 8, storage: str | None = None) -> Path:
-    return experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=n_trials, storage=storage,
-                       extra="fidelity: {metric: train_top1, rungs: [2, 4, 8], eta: 2}")
-
-
-def test_multi_fidelity_search_stops_trials_at_rungs(tmp_path):
-    cfg = load_trials(_rung_experiment(tmp_path), [RUNG_TRAIN, "tracking.enabled=false"])
-    runner = SearchRunner(cfg)
-    result = runner.finish(runner.run(), pareto_out=tmp_path / "front")
-    study = result.study
-    complete = study.get_trials(states=(TrialState.COMPLETE,))
-    stopped = [t for t in study.get_trials(states=(TrialState.PRUNED,)) if "stopped_at_rung" in t.user_attrs]
-    assert complete and stopped, "some trials reach the last rung, others stop early"
-    for t in complete:
-        assert sorted(t.user_attrs["rungs"]) == ["0", "1", "2"] and t.user_attrs["rung_steps"] == [2, 4, 8]
-        assert t.values[1] == t.user_attrs["rungs"]["2"][1]
-    for t in stopped:
-        i = t.user_attrs["stopped_at_rung"]
-        assert sorted(t.user_attrs["rungs"]) == [str(j) for j in range(i + 1)] and i < 2
-    # The last quarter of the budget re-ran stopped trials of the provisional front to the full budget.
-    finishers = [t for t in complete if "finishes" in t.user_attrs]
-    assert finishers, "a stopped trial of the provisional front was trained to the full budget"
-    for t in finishers:
-        assert t.user_attrs["spec_hash"] == study.trials[t.user_attrs["finishes"]].user_attrs["spec_hash"]
-    # Only full-budget trials can be on the front; the summary counts the saved training.
-    from archsearch.pareto import pareto_rows
-
-    assert {r.number for r in pareto_rows(study)} <= {t.number for t in complete}
-    s = result.rungs
-    assert s["full_budget"] == len(complete) and sum(s["stopped_at"].values()) == len(stopped)
-    assert 0 < s["saved_fraction"] < 1 and study.user_attrs["rung_summary"] == s
-
-
-def test_a_trial_promoted_across_rungs_builds_its_model_and_loads_its_data_once(tmp_path, monkeypatch):
-    import archsearch.proxy._lightning as lightning_module
-    import archsearch.proxy.train as train_module
-
-    counts = {"build_model": 0, "load_data": 0}
-
-    def counted(module, name):
-        real = getattr(module, name)
-
-        def wrapper(*args, **kwargs):
-            counts[name] += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(module, name, wrapper)
-
-    counted(lightning_module, "build_model")  # where the proxy's model is built
-    counted(train_module, "load_data")
-    monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path / "cache"))  # a fresh cache: every trial trains
-    cfg = load_trials(_rung_experiment(tmp_path, n_trials=3), [RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]",
-                                                              "fidelity.finish_share=0"])
-    runner = SearchRunner(cfg)
-    study = runner.finish(runner.run()).study
-    trained = [t for t in study.trials if t.user_attrs.get("rungs")]
-    full = [t for t in trained if t.state == TrialState.COMPLETE and len(t.user_attrs["rungs"]) == 3]
-    assert full, "the first trial at each rung always goes on: one trial passed two rungs to the last"
-    # One model and one data set per trained trial, however many rungs it passed (no rung restarts anything).
-    assert counts == {"build_model": len(trained), "load_data": len(trained)}
-
-
-def test_multi_fidelity_workers_on_postgresql_and_sigint_resume(tmp_path, postgres_dbs):
-    optuna_url, _ = postgres_dbs
-    path = _rung_experiment(tmp_path, n_trials=10, storage=optuna_url)  # more than one worker does before the signal
-    args = [str(path), RUNG_TRAIN, "tracking.enabled=false"]
-    # One worker is interrupted after its first finished trial; the rung values it stored stay.
-    first = _cli(["worker", *args], tmp_path)
-    _wait_for(lambda: any(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in _states(optuna_url).values()), 300,
-              "a finished trial")
-    first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=120)
-    assert first.returncode == 130, err
-    kept = {t.number: t.user_attrs["rungs"] for t in optuna.load_study(study_name="t", storage=optuna_url).trials
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "rungs" in t.user_attrs}
-    assert kept
-    # Two workers finish the study together: each trial decided once, the budget exact.
-    workers = [_cli(["worker", *args], tmp_path) for _ in range(2)]
-    for w in workers:
-        _, err = w.communicate(timeout=900)
-        assert w.returncode == 0, err
-    study = optuna.load_study(study_name="t", storage=optuna_url)
-    finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(finished) == 10 and not study.get_trials(states=(TrialState.RUNNING,))
-    assert {n: study.trials[n].user_attrs["rungs"] for n in kept} == kept
-    for t in finished:
-        if "rungs" not in t.user_attrs:  # an invalid sample, pruned before measuring
-            continue
-        full = len(t.user_attrs["rungs"]) == 3
-        assert full == (t.state == TrialState.COMPLETE) == ("stopped_at_rung" not in t.user_attrs)
-
-
-def test_kill_9_mid_rung_then_rerun_ends_with_full_budget_trials_and_no_checkpoint(tmp_path):
-    # The killed trial's rung-0 values must not block its retry, and its checkpoint must not outlive it.
-    path = experiment(tmp_path, objectives="[{name: macs}, {name: train_top1}]", n_trials=3,
-                       extra="fidelity: {metric: train_top1, rungs: [2, 60], eta: 2}")
-    url = f"sqlite:///{tmp_path}/study.db"
-    env_tmp = tmp_path / "tmp"
-    env_tmp.mkdir()
-    args = ["search", str(path), RUNG_TRAIN, "tracking.enabled=false", "enqueue=[]", "grace_s=600"]
-    victim = subprocess.Popen([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
-                              env={**cli_env(tmp_path), "TMPDIR": str(env_tmp)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
-    rung_dir = tmp_path / "cache" / "rungs"
-
-    def in_rung_1() -> bool:  # past rung 0, its checkpoint written, training on to rung 1
-        try:
-            study = optuna.load_study(study_name="t", storage=url)
-        except _NOT_YET:
-            return False
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("rungs")]
-        return bool(running) and any(rung_dir.rglob("*.ckpt"))
-
-    _wait_for(in_rung_1, 300, "a trial training its second rung")
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=60)
-    assert list(rung_dir.rglob("*.ckpt")), "the checkpoint lives under the study's cache, not in $TMPDIR"
-    rerun = subprocess.run([sys.executable, "-m", "archsearch.cli", *args], cwd=tmp_path,
-                           env={**cli_env(tmp_path), "TMPDIR": str(env_tmp)}, capture_output=True, text=True, timeout=900)
-    assert rerun.returncode == 0, rerun.stderr
-    study = optuna.load_study(study_name="t", storage=url)
-    from archsearch.pareto import pareto_rows
-
-    front = pareto_rows(study)
-    complete = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    assert front and {r.number for r in front} <= complete, "a non-empty front of full-budget trials"
-    assert not list((tmp_path / "cache").rglob("*.ckpt*")) and not list(env_tmp.rglob("*.ckpt*")), "no checkpoint left"

@@ -17,3 +17,21 @@ def test_a_bad_key_is_named_with_its_path():
     with pytest.raises(ConfigError) as e:
         load_trials("trials/quickstart.yaml", ["objectives=[{name: nope}]"])
     assert "objectives" in str(e.value) and "nope" in str(e.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("fidelity={rungs: [30], screen: nope}", "screen"),  # not a zero-cost proxy
+    ("fidelity={rungs: [30]}", "rungs"),  # one training rung and no screen: nothing to decide
+    ("fidelity={rungs: [30, 10], screen: naswot}", "rungs"),
+])
+def test_a_bad_fidelity_block_names_its_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_trials("trials/quickstart_rungs.yaml", [override])
+    assert key in str(e.value)
+
+
+def test_a_screen_is_rung_0_with_no_training():
+    f = load_trials("trials/quickstart_rungs.yaml", ["fidelity={rungs: [90], screen: naswot, eta: 2}"]).fidelity
+    assert f is not None and f.steps == [0, 90] and f.rungs == [90]
+    plain = load_trials("trials/quickstart_rungs.yaml").fidelity
+    assert plain is not None and plain.steps == plain.rungs
