@@ -179,6 +179,37 @@ def main() -> None:
     _report(args, overrides, done)
 
 
+def _screen_note(rec: dict) -> str:
+    rungs = (rec.get("rungs") or {}).get("rungs") or []
+    return " (rung 0: the zero-cost screen, no training)" if rungs and rungs[0] == 0 else ""
+
+
+def _plot(name: str, grid: list, curves: dict, med_curve: dict, budget_s: float) -> str:
+    """Hypervolume against wall-clock, each seed thin and the median thick, per mode; the PNG's file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from archsearch._outputs import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    secs = [f * budget_s for f in grid]
+    for m, colour in (("rungs", "tab:blue"), ("plain", "tab:orange")):
+        for (_, mode), ys in curves.items():
+            if mode == m:
+                ax.plot(secs, ys, color=colour, alpha=0.3, linewidth=1)
+        ax.plot(secs, med_curve[m], color=colour, linewidth=2.5, label=f"{m} (median of seeds)")
+    ax.set_xlabel("wall-clock (s)")
+    ax.set_ylabel("hypervolume of the full-budget front")
+    ax.legend()
+    fig.tight_layout()
+    file = f"{name}_hv.png"
+    save_figure(fig, RESULTS / file)
+    plt.close(fig)
+    return file
+
+
 def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
     """Hypervolume of every (seed, mode)'s final front and over its budget; the report and its JSON."""
     hv, norm = {}, {}
@@ -203,15 +234,17 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
     md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
           f"Experiment `{Path(args.trials_file).name}` (overrides: {' '.join(overrides) or 'none'}); objectives "
           + ", ".join(f"{n} ({d})" for n, d in zip(first["objectives"], first["directions"]))
-          + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps. Fronts re-evaluated at the full "
+          + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps{_screen_note(first)}. Fronts re-evaluated at the full "
           "training budget, normalised per seed over both fronts, reference point 1.1. Conditions: "
           + "; ".join(f"{m}: cores {first_of[m].get('cores')}, {first_of[m].get('torch_threads')} torch thread(s)"
                       for m in ("rungs", "plain")) + ".\n",
-          "| mode | " + " | ".join(f"seed {s}" for s in args.seeds) + " | median | trials finished (per seed) |",
-          "| --- |" + " ---: |" * (len(args.seeds) + 1) + " --- |"]
+          "| mode | " + " | ".join(f"seed {s}" for s in args.seeds) + " | median | trials finished (per seed) "
+          "| of them full-budget |",
+          "| --- |" + " ---: |" * (len(args.seeds) + 1) + " --- | --- |"]
     for m in ("rungs", "plain"):
         fin = [sum(v for k, v in done[(s, m)]["states"].items() if k in ("COMPLETE", "PRUNED")) for s in args.seeds]
-        md.append(f"| {m} | " + " | ".join(f"{hv[(s, m)]:.4f}" for s in args.seeds) + f" | **{med[m]:.4f}** | {fin} |")
+        full = [done[(s, m)]["states"].get("COMPLETE", 0) for s in args.seeds]
+        md.append(f"| {m} | " + " | ".join(f"{hv[(s, m)]:.4f}" for s in args.seeds) + f" | **{med[m]:.4f}** | {fin} | {full} |")
     if med_curve:
         md += ["", "Median hypervolume over the seeds against the fraction of the budget spent (the front of the "
                "full-budget trials finished by then, normalised as above):", "",
@@ -220,7 +253,8 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
         for m in ("rungs", "plain"):
             md.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in med_curve[m][3::4]) + " |")
         md += ["", f"Rung search first reaches plain search's final median hypervolume ({med['plain']:.4f}) at "
-               + (f"**{int(100 * reach)}%** of the budget." if reach is not None else "**no point of its budget**: it never does.")]
+               + (f"**{int(100 * reach)}%** of the budget." if reach is not None else "**no point of its budget**: it never does."),
+               "", f"![hypervolume against wall-clock]({_plot(args.name, grid, curves, med_curve, args.budget_s)})"]
     write(args.name, {"stamp": stamp(), "hypervolume": {f"{s}/{m}": v for (s, m), v in hv.items()}, "median": med,
                       "curve_fractions": grid, "median_curve": med_curve, "rungs_reach_plain_at": reach,
                       "runs": [done[(s, m)] for s in args.seeds for m in ("rungs", "plain")]}, "\n".join(md) + "\n")

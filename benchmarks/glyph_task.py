@@ -179,14 +179,52 @@ def report(args) -> Path:
         r0 = c.first(variant, res)
         lines.append(f"| {variant} | {res} | {r0['input_side']} | {r0['tokens']} | {c.fmt(variant, res)} |")
     lines += _questions(c, worst)
-    lines += ["", "(d): the two-seed reference over the flagship space's specs is the fidelity study on `glyphs` "
-              "(`analysis/proxy_fidelity_glyphs/`).", "",
+    lines += _two_seed_reference()
+    lines += ["",
               "Conditions: " + ", ".join(sorted({f"{r['threads']} thread(s)" for r in runs.values()})) +
               f"; training seconds per unit {min(r['seconds'] for r in runs.values()):.0f}-"
               f"{max(r['seconds'] for r in runs.values()):.0f} (shared 2-core host: compare nothing across sessions)."]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+#: (d): the fidelity studies whose two-seed references answer it, and the fewest specs it asks for.
+STUDIES = (("glyphs", ROOT / "analysis" / "proxy_fidelity_glyphs"), ("Fashion-MNIST", ROOT / "analysis" / "proxy_fidelity"))
+D_MIN_SPECS = 20
+
+
+def _two_seed_reference() -> list:
+    """(d) from the fidelity studies' ``fidelity.json``: seed-vs-seed Kendall tau and the reference top-1 spread
+    over the flagship space's specs with both reference runs, glyphs beside Fashion-MNIST."""
+    lines = ["", "## (d) Two-seed reference over the flagship space's specs", "",
+             "From the fidelity studies (`archsearch proxy-fidelity`; their reports give the commands and seeds): every "
+             "spec trained twice (seeds 0 and 1) for the reference; tau between the two seeds is how far any proxy "
+             "could rank.", "",
+             "| task | specs with both references | sampled resolutions | input side trained | seed-vs-seed tau [95% bootstrap] "
+             "| reference top-1 range |",
+             "| --- | ---: | --- | --- | --- | --- |"]
+    n_glyphs = 0
+    for task, folder in STUDIES:
+        path = folder / "fidelity.json"
+        if not path.exists():
+            lines.append(f"| {task} | - | - | - | not run (`{folder.relative_to(ROOT)}`) | - |")
+            continue
+        r = json.loads(path.read_text(encoding="utf-8"))
+        lo, hi = r["reference_top1_range"]
+        ci = r.get("noise_ceiling_ci") or [None, None]
+        res, side = r.get("resolution_range"), r.get("input_side_range")
+        side_text = (f"{side[0]} px" if side[0] == side[1] else f"{side[0]}-{side[1]} px") if side else f"{r['plan']['train']['resolution']} px (fixed)"
+        tau = r["noise_ceiling_tau"]
+        lines.append(f"| {task} | {r['n_specs']} | {f'{res[0]}-{res[1]} px' if res else '-'} | "
+                     f"{side_text} | "
+                     + (f"{tau:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if tau is not None else "-") + f" | {lo:.3f}-{hi:.3f} |")
+        if task == "glyphs":
+            n_glyphs = r["n_specs"]
+    if n_glyphs < D_MIN_SPECS:
+        lines += ["", f"**(d) is not answered yet**: {n_glyphs} glyphs specs have both references, {D_MIN_SPECS} are "
+                  "needed; the study resumes unit by unit (rerun its command)."]
+    return lines
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

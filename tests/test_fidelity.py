@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import time
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +13,7 @@ from archsearch.options import TrainProxyConfig
 from archsearch import fidelity
 from archsearch.fidelity import stats
 
-from .conftest import write_fashion
+from .conftest import ROOT, cli_popen, wait_for, write_fashion
 
 
 def test_statistics_on_hand_made_rankings():
@@ -68,3 +71,34 @@ def test_small_study_runs_resumes_and_reports(tmp_path):
     same = dataclasses.replace(plan, train=dataclasses.replace(plan.train, steps=999, val_every=7, data_root="/x",
                                                                accelerator="cuda"))
     assert len(fidelity.write_specs(same, out)) == 5
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_study_and_its_worker_processes_within_seconds(tmp_path):
+    # Units that would train for hours in two worker processes: SIGTERM must stop them, not wait for them.
+    proc = cli_popen(["proxy-fidelity", str(ROOT / "search_spaces" / "fastvit.yaml"), "--out", str(tmp_path / "study"),
+                      "-n", "3", "--holdout", "1", "--data", "digits", "--resolution", "32", "--max-depth", "1",
+                      "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--long-steps", "1000000",
+                      "--short-steps", "2", "--n-scaling", "0", "--workers", "2"], tmp_path)
+    wait_for(lambda: len(_children(proc.pid)) >= 3, 120, "two worker processes (and the resource tracker)")
+    workers = _children(proc.pid)
+    time.sleep(15)  # the workers import torch and start training their units
+    assert proc.poll() is None, proc.communicate()
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 20, "an interrupt stops the units in flight within seconds"
+    assert proc.returncode == 143 and "rerun to resume" in err, err
+    wait_for(lambda: not any(_alive(p) for p in workers), 10, "no worker process left training")

@@ -112,6 +112,15 @@ def run_units(
     return done
 
 
+def _stop_pool(pool) -> None:
+    """Cancel the queued units and kill the processes running the others (a rerun resumes them). SIGKILL:
+    Lightning catches SIGTERM in a training process and trains on."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.kill()
+
+
 def _run_in_pool(args: List[tuple], workers: int, stop_at: Optional[float], record: Callable[[dict], None],
                  progress: Optional[Callable[[dict], None]]) -> None:
     """``_run_one(*a)`` for each of ``args`` in ``workers`` spawned processes, each result recorded as it
@@ -129,9 +138,9 @@ def _run_in_pool(args: List[tuple], workers: int, stop_at: Optional[float], reco
                 if progress:
                     progress({**pending[fut], "error": f"{type(e).__name__}: {e}"})
     except cf.TimeoutError:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in processes:
-            p.terminate()
+        _stop_pool(pool)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the units in flight stop now, not when they finish
+        _stop_pool(pool)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
