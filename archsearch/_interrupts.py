@@ -13,7 +13,6 @@ that every handler of Ctrl-C handles it too.
 """
 from __future__ import annotations
 
-import _thread
 import contextlib
 import signal
 import threading
@@ -69,10 +68,17 @@ def _handler(signum: int, frame) -> None:  # noqa: ARG001 - the signal handler's
         _take()
         raise _exception(signum)
     _State.pending = signum
-    timer = threading.Timer(GRACE_S, _thread.interrupt_main, args=(signum,))
+    timer = threading.Timer(GRACE_S, _force, args=(signum,))
     timer.daemon = True
     _State.timer = timer
     timer.start()
+
+
+def _force(signum: int) -> None:
+    """The grace is over: deliver the signal again to the main thread, where the handler now raises. A real
+    signal, not ``_thread.interrupt_main``: it also wakes a main thread blocked in a wait (a lock, a
+    future), which a simulated one leaves waiting."""
+    signal.pthread_kill(threading.main_thread().ident or 0, signum)
 
 
 @contextlib.contextmanager

@@ -209,11 +209,15 @@ def cli_popen(args, tmp: Path, **kw) -> subprocess.Popen:
 NOT_YET = (KeyError, sqlalchemy.exc.SQLAlchemyError)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` s, or as soon as ``proc`` (a Popen) has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited ({proc.returncode}) while waiting for {what}: {out}{err}")
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 

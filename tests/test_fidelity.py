@@ -89,10 +89,10 @@ def _alive(pid: int) -> bool:
 def test_sigterm_stops_a_study_and_its_worker_processes_within_seconds(tmp_path):
     # Units that would train for hours in two worker processes: SIGTERM must stop them, not wait for them.
     proc = cli_popen(["proxy-fidelity", str(ROOT / "search_spaces" / "fastvit.yaml"), "--out", str(tmp_path / "study"),
-                      "-n", "3", "--holdout", "1", "--data", "digits", "--resolution", "32", "--max-depth", "1",
+                      "-n", "4", "--holdout", "0", "--data", "digits", "--resolution", "32", "--max-depth", "1",
                       "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--long-steps", "1000000",
                       "--short-steps", "2", "--n-scaling", "0", "--workers", "2"], tmp_path)
-    wait_for(lambda: len(_children(proc.pid)) >= 3, 120, "two worker processes (and the resource tracker)")
+    wait_for(lambda: len(_children(proc.pid)) >= 3, 120, "two worker processes (and the resource tracker)", proc)
     workers = _children(proc.pid)
     time.sleep(15)  # the workers import torch and start training their units
     assert proc.poll() is None, proc.communicate()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -51,6 +52,19 @@ def test_an_interrupt_no_safe_point_takes_is_raised_after_the_grace(monkeypatch)
         with _interrupts.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             _busy(10.0)
+    assert time.monotonic() - start < 5.0
+
+
+def test_the_grace_also_ends_a_wait_that_blocks_the_main_thread(monkeypatch):
+    # A main thread blocked on a lock (waiting for a future, a worker process) runs no bytecode until woken:
+    # the forced interrupt must wake it, not wait for the lock.
+    monkeypatch.setattr(_interrupts, "GRACE_S", 0.3)
+    never = threading.Event()
+    start = time.monotonic()
+    with pytest.raises(_interrupts.Terminated):
+        with _interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            never.wait(30.0)
     assert time.monotonic() - start < 5.0
 
 

@@ -112,6 +112,10 @@ def run_units(
     return done
 
 
+#: Seconds between two looks at a pending interrupt or the deadline while units run in the pool.
+_POLL_S = 0.5
+
+
 def _stop_pool(pool) -> None:
     """Cancel the queued units and kill the processes running the others (a rerun resumes them). SIGKILL:
     Lightning catches SIGTERM in a training process and trains on."""
@@ -131,14 +135,20 @@ def _run_in_pool(args: List[tuple], workers: int, stop_at: Optional[float], reco
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     pending = {pool.submit(_run_one, *a): a[2] for a in args}
     try:
-        for fut in cf.as_completed(pending, timeout=None if stop_at is None else max(1.0, stop_at - time.monotonic())):
-            try:
-                record(fut.result())
-            except Exception as e:  # noqa: BLE001 - one failed unit is reported, the others go on
-                if progress:
-                    progress({**pending[fut], "error": f"{type(e).__name__}: {e}"})
-    except cf.TimeoutError:
-        _stop_pool(pool)
+        while pending:
+            # Short waits with a safe point between: a deferred Ctrl-C or SIGTERM is taken within a second.
+            finished, _ = cf.wait(pending, timeout=_POLL_S, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                unit = pending.pop(fut)
+                try:
+                    record(fut.result())
+                except Exception as e:  # noqa: BLE001 - one failed unit is reported, the others go on
+                    if progress:
+                        progress({**unit, "error": f"{type(e).__name__}: {e}"})
+            _interrupts.check()  # after recording what finished: a rerun need not redo it
+            if stop_at is not None and time.monotonic() > stop_at:
+                _stop_pool(pool)
+                break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the units in flight stop now, not when they finish
         _stop_pool(pool)
         raise
