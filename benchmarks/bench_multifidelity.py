@@ -179,6 +179,11 @@ def main() -> None:
     _report(args, overrides, done)
 
 
+def _data(args: argparse.Namespace, overrides: list) -> str:
+    """The accuracy task the runs trained on (the experiment's training data, overrides applied)."""
+    return str(load_trials(args.trials_file, overrides).measure.train.data)
+
+
 def _screen_note(rec: dict) -> str:
     rungs = (rec.get("rungs") or {}).get("rungs") or []
     return " (rung 0: the zero-cost screen, no training)" if rungs and rungs[0] == 0 else ""
@@ -245,6 +250,14 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
         fin = [sum(v for k, v in done[(s, m)]["states"].items() if k in ("COMPLETE", "PRUNED")) for s in args.seeds]
         full = [done[(s, m)]["states"].get("COMPLETE", 0) for s in args.seeds]
         md.append(f"| {m} | " + " | ".join(f"{hv[(s, m)]:.4f}" for s in args.seeds) + f" | **{med[m]:.4f}** | {fin} | {full} |")
+    md += ["", f"Accuracy task: `{_data(args, overrides)}`. What the rungs did per seed (stopped: trials stopped at each "
+           "rung; steps saved: training steps not run, against every trial trained to the full budget):", "",
+           "| seed | trials | stopped at each rung | full-budget | steps trained | steps saved |",
+           "| ---: | ---: | --- | ---: | ---: | ---: |"]
+    for s in args.seeds:
+        r = done[(s, "rungs")].get("rungs") or {}
+        md.append(f"| {s} | {r.get('trials', '?')} | {r.get('stopped_at', '?')} | {r.get('full_budget', '?')} | "
+                  f"{r.get('steps_trained', '?')} | {100 * r.get('saved_fraction', 0):.0f}% |")
     if med_curve:
         md += ["", "Median hypervolume over the seeds against the fraction of the budget spent (the front of the "
                "full-budget trials finished by then, normalised as above):", "",

@@ -116,6 +116,21 @@ def run_units(
 _POLL_S = 0.5
 
 
+def _exit_with_parent() -> None:
+    """A pool worker's initializer: the worker leaves when the study's process is gone (``kill -9`` runs no
+    handler of its own, and a worker would otherwise train its unit on for hours as an orphan)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="archsearch-parent-watch").start()
+
+
 def _stop_pool(pool) -> None:
     """Cancel the queued units and kill the processes running the others (a rerun resumes them). SIGKILL:
     Lightning catches SIGTERM in a training process and trains on."""
@@ -132,7 +147,8 @@ def _run_in_pool(args: List[tuple], workers: int, stop_at: Optional[float], reco
     import concurrent.futures as cf
     import multiprocessing
 
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_exit_with_parent)
     pending = {pool.submit(_run_one, *a): a[2] for a in args}
     try:
         while pending:
