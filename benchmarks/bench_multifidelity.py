@@ -179,6 +179,18 @@ def main() -> None:
     _report(args, overrides, done)
 
 
+def _rung_cost_note() -> str:
+    """The per-rung costs, before and after one-run rungs (``bench_rung_cost.py``'s result, measured apart)."""
+    path = RESULTS / "rung_cost.json"
+    if not path.exists():
+        return "Per-rung costs: not measured yet (`python benchmarks/bench_rung_cost.py`)."
+    c = json.loads(path.read_text())["summary"]
+    return (f"Per-rung costs ([rung_cost.md](rung_cost.md), measured apart: {c['spec']} on {c['data']} at "
+            f"{c['input_side']} px, one thread): a training step {c['per_step_s']:.2f} s; besides its steps a rung cost "
+            f"at least {c['fixed_cost_per_rung_before_s']:.1f} s before one-run rungs (a fresh training call), a "
+            f"boundary costs {c['cost_per_boundary_now_s']:.1f} s now; the zero-cost screen trains nothing.")
+
+
 def _data(args: argparse.Namespace, overrides: list) -> str:
     """The accuracy task the runs trained on (the experiment's training data, overrides applied)."""
     return str(load_trials(args.trials_file, overrides).measure.train.data)
@@ -258,6 +270,7 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
         r = done[(s, "rungs")].get("rungs") or {}
         md.append(f"| {s} | {r.get('trials', '?')} | {r.get('stopped_at', '?')} | {r.get('full_budget', '?')} | "
                   f"{r.get('steps_trained', '?')} | {100 * r.get('saved_fraction', 0):.0f}% |")
+    md += ["", _rung_cost_note()]
     if med_curve:
         md += ["", "Median hypervolume over the seeds against the fraction of the budget spent (the front of the "
                "full-budget trials finished by then, normalised as above):", "",
