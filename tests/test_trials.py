@@ -33,5 +33,7 @@ def test_a_bad_fidelity_block_names_its_key(override, key):
 def test_a_screen_is_rung_0_with_no_training():
     f = load_trials("trials/quickstart_rungs.yaml", ["fidelity={rungs: [90], screen: naswot, eta: 2}"]).fidelity
     assert f is not None and f.steps == [0, 90] and f.rungs == [90]
-    plain = load_trials("trials/quickstart_rungs.yaml").fidelity
-    assert plain is not None and plain.steps == plain.rungs
+    plain = load_trials("trials/quickstart_rungs.yaml", ["fidelity={rungs: [30, 90]}"]).fidelity
+    assert plain is not None and plain.steps == plain.rungs == [30, 90]
+    shipped = load_trials("trials/quickstart_rungs.yaml").fidelity  # the quickstart screens with naswot
+    assert shipped is not None and shipped.screen == "naswot" and shipped.steps == [0, 90]
