@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -251,6 +253,10 @@ def postgres_dbs():
         pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (trust auth, database 'test')")
     import psycopg
 
+    # One PostgreSQL test at a time across the xdist workers: two of them together, each with its worker
+    # processes' pools, peaked at 49 connections here and hit the server's 100 in CI under load.
+    lock = open(Path(tempfile.gettempdir()) / "archsearch-tests-postgresql.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     names = [f"archsearch_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
     conn = psycopg.connect(postgres_url(), autocommit=True)
     with conn.cursor() as cur:
@@ -261,3 +267,4 @@ def postgres_dbs():
         for name in names:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     conn.close()
+    lock.close()  # releases the lock
