@@ -255,16 +255,15 @@ def postgres_dbs():
 
     # One PostgreSQL test at a time across the xdist workers: two of them together, each with its worker
     # processes' pools, peaked at 49 connections here and hit the server's 100 in CI under load.
-    lock = open(Path(tempfile.gettempdir()) / "archsearch-tests-postgresql.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    names = [f"archsearch_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
-    conn = psycopg.connect(postgres_url(), autocommit=True)
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"CREATE DATABASE {name}")
-    yield [postgres_url(n) for n in names]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    conn.close()
-    lock.close()  # releases the lock
+    with open(Path(tempfile.gettempdir()) / "archsearch-tests-postgresql.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, whatever happens below
+        names = [f"archsearch_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+        conn = psycopg.connect(postgres_url(), autocommit=True)
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"CREATE DATABASE {name}")
+        yield [postgres_url(n) for n in names]
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.close()
