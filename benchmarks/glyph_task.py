@@ -98,9 +98,11 @@ class _Cells:
 
     def __init__(self, runs: dict) -> None:
         self.runs = runs
-        self.by: dict = {}
+        #: (variant, resolution) -> {seed: top-1}; ``by`` holds the same values in seed order.
+        self.by_seed: dict = {}
         for r in runs.values():
-            self.by.setdefault((r["variant"], r["resolution"]), []).append(r["val_top1"])
+            self.by_seed.setdefault((r["variant"], r["resolution"]), {})[r["seed"]] = r["val_top1"]
+        self.by = {cell: [v[s] for s in sorted(v)] for cell, v in self.by_seed.items()}
 
     def mean(self, variant: str, res: int):
         v = self.by.get((variant, res), [])
@@ -117,44 +119,70 @@ class _Cells:
         return sorted(r for (v, r) in self.by if v == variant)
 
 
-def _verdicts(c: "_Cells", worst: float, diff: float, one: tuple, other: tuple) -> str:
-    """Two readings of a difference between two cells: beyond the largest seed spread of any cell (the
-    conservative one), and whether the two cells' seeds are apart (every seed of one above every seed of the
-    other: their own spreads, which are small near chance and largest mid-range)."""
+def _t_interval(diff: float, var_terms: list, dfs: list) -> tuple:
+    """``diff`` +- t(0.975) x its standard error, from per-sample variance terms (Welch-Satterthwaite df)."""
+    from scipy import stats
+
+    se2 = sum(var_terms)
+    if se2 == 0:
+        return diff, diff
+    df = se2 ** 2 / sum(v ** 2 / d for v, d in zip(var_terms, dfs))
+    half = float(stats.t.ppf(0.975, df)) * se2 ** 0.5
+    return diff - half, diff + half
+
+
+def _paired(c: "_Cells", one: tuple, other: tuple) -> str:
+    """The same difference paired by seed (a seed gives both cells the same data order): in how many seeds
+    ``one`` is ahead, and the paired 95% interval of the mean difference."""
+    a, b = c.by_seed[one], c.by_seed[other]
+    d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if len(d) < 2:
+        return "-"
+    lo, hi = _t_interval(statistics.fmean(d), [statistics.variance(d) / len(d)], [len(d) - 1])
+    return f"{sum(x > 0 for x in d)} of {len(d)}, [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _verdicts(c: "_Cells", diff: float, one: tuple, other: tuple) -> str:
+    """How a difference between two cells (``diff`` = mean of ``one`` - mean of ``other``) compares with the seed
+    noise: its 95% interval (Welch's t over the cells' seeds), whether that interval excludes 0, and whether the
+    two cells' seeds are apart (every seed of one above every seed of the other)."""
     a, b = c.by[one], c.by[other]
-    apart = min(a) > max(b) or min(b) > max(a)
-    return f"{'yes' if abs(diff) > worst else 'no'} | {'yes' if apart else 'no'}"
+    apart = "yes" if min(a) > max(b) or min(b) > max(a) else "no"
+    if min(len(a), len(b)) < 2:
+        return f"- | - | {apart} | -"
+    lo, hi = _t_interval(diff, [statistics.variance(a) / len(a), statistics.variance(b) / len(b)], [len(a) - 1, len(b) - 1])
+    return f"[{lo:+.3f}, {hi:+.3f}] | {'yes' if lo > 0 or hi < 0 else 'no'} | {apart} | {_paired(c, one, other)}"
 
 
-_VERDICT_HEAD = "beyond the largest spread? | seeds apart?"
+_VERDICT_HEAD = "95% interval (Welch t) | beyond the seed noise? | seeds apart? | paired by seed: first ahead in, 95% interval"
 
 
-def _questions(c: "_Cells", worst: float) -> list:
+def _questions(c: "_Cells") -> list:
     """(a) each resolution step of FastViTHD, (b) stride 64 against 32 at one resolution, (c) at equal tokens."""
     lines = ["", "## (a) Each resolution step, FastViTHD\n", f"| step | gain in mean top-1 | {_VERDICT_HEAD} |",
-             "| --- | ---: | --- | --- |"]
+             "| --- | ---: | --- | --- | --- | --- |"]
     res_hd = c.resolutions("fastvithd")
     for lo, hi in zip(res_hd, res_hd[1:]):
         a, b = c.mean("fastvithd", lo), c.mean("fastvithd", hi)
         if a is not None and b is not None:
-            lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {_verdicts(c, worst, b - a, ('fastvithd', hi), ('fastvithd', lo))} |")
+            lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {_verdicts(c, b - a, ('fastvithd', hi), ('fastvithd', lo))} |")
     lines += ["", "## (b) FastViTHD (stride 64) against the same network at stride 32, same resolution\n",
               f"| resolution | stride 64 | stride 32 | difference (64 - 32) | {_VERDICT_HEAD} |",
-              "| ---: | --- | --- | ---: | --- | --- |"]
+              "| ---: | --- | --- | ---: | --- | --- | --- | --- |"]
     for res in c.resolutions("fastvithd_stride32"):
         a, b = c.mean("fastvithd", res), c.mean("fastvithd_stride32", res)
         if a is not None and b is not None:
             lines.append(f"| {res} | {c.fmt('fastvithd', res)} | {c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
-                         f"{_verdicts(c, worst, a - b, ('fastvithd', res), ('fastvithd_stride32', res))} |")
+                         f"{_verdicts(c, a - b, ('fastvithd', res), ('fastvithd_stride32', res))} |")
     lines += ["", "## (c) Equal tokens: FastViTHD at 2R against stride 32 at R\n",
               f"| FastViTHD at | stride 32 at | tokens | FastViTHD | stride 32 | difference | {_VERDICT_HEAD} |",
-              "| ---: | ---: | ---: | --- | --- | ---: | --- | --- |"]
+              "| ---: | ---: | ---: | --- | --- | ---: | --- | --- | --- | --- |"]
     for res in c.resolutions("fastvithd_stride32"):
         a, b = c.mean("fastvithd", 2 * res), c.mean("fastvithd_stride32", res)
         if a is not None and b is not None:
             lines.append(f"| {2 * res} | {res} | {c.first('fastvithd_stride32', res)['tokens']} | {c.fmt('fastvithd', 2 * res)} | "
                          f"{c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
-                         f"{_verdicts(c, worst, a - b, ('fastvithd', 2 * res), ('fastvithd_stride32', res))} |")
+                         f"{_verdicts(c, a - b, ('fastvithd', 2 * res), ('fastvithd_stride32', res))} |")
     return lines
 
 
@@ -181,16 +209,18 @@ def report(args) -> Path:
         f"and {cfg['val_size']} validation scenes (validation fonts held out), input side = "
         f"{cfg['resolution_scale']} x the candidate's resolution (this CPU's tier). Chance is 0.100.\n",
         f"**Seed-to-seed spread** (max - min over seeds in one cell): median {spread:.3f}, largest {worst:.3f} "
-        f"over {len(spreads)} cells ({n_seeds} seeds each). Each difference below is read twice: against the largest spread of any cell "
-        f"(conservative: cells near chance spread far less than mid-range ones), and by whether the two cells' seeds "
-        f"are apart (every seed of one above every seed of the other).\n",
-        "## Top-1 by variant and resolution (mean, then each seed)\n",
+        f"over {len(spreads)} cells ({n_seeds} seeds each). Each difference below is set against that noise "
+        f"by its 95% interval (Welch's t over the two cells' seeds: beyond the noise when the interval excludes 0) and "
+        f"by whether the two cells' seeds are apart (every seed of one above every seed of the other); and paired by "
+        f"seed, since a seed gives both cells the same data order (in how many seeds the first cell is ahead, and the "
+        f"paired 95% interval).\n",
+        "## Top-1 by variant and resolution (mean, then each seed in seed order)\n",
         "| variant | resolution | input side | tokens | top-1 |", "| --- | ---: | ---: | ---: | --- |",
     ]
     for (variant, res) in sorted(c.by, key=lambda k: (k[0], k[1])):
         r0 = c.first(variant, res)
         lines.append(f"| {variant} | {res} | {r0['input_side']} | {r0['tokens']} | {c.fmt(variant, res)} |")
-    lines += _questions(c, worst)
+    lines += _questions(c)
     lines += _two_seed_reference()
     lines += ["",
               "Conditions: " + ", ".join(sorted({f"{r['threads']} thread(s)" for r in runs.values()})) +
