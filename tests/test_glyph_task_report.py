@@ -34,6 +34,10 @@ def _runs(tmp_path: Path, cells: dict) -> Path:
     return tmp_path
 
 
+def _report(glyph_task, tmp_path: Path, cells: dict) -> str:
+    return glyph_task.report(Namespace(out=str(_runs(tmp_path, cells)), command="python benchmarks/glyph_task.py")).read_text()
+
+
 def _row(report: str, first_cell: str) -> list:
     line = next(x for x in report.splitlines() if x.startswith(f"| {first_cell} |"))
     return [c.strip() for c in line.strip("|").split("|")]
@@ -42,8 +46,7 @@ def _row(report: str, first_cell: str) -> list:
 def test_a_consistent_gain_is_beyond_the_noise_and_paired_by_seed(glyph_task, tmp_path):
     lo = [0.10, 0.12, 0.11, 0.13, 0.09]
     hi = [0.20, 0.23, 0.20, 0.24, 0.18]
-    out = _runs(tmp_path, {("fastvithd", 256): lo, ("fastvithd", 512): hi})
-    text = glyph_task.report(Namespace(out=str(out), command="python benchmarks/glyph_task.py --out X")).read_text()
+    text = _report(glyph_task, tmp_path, {("fastvithd", 256): lo, ("fastvithd", 512): hi})
     step = _row(text, "256 -> 512")
     d = statistics.fmean(hi) - statistics.fmean(lo)
     assert step[1] == f"{d:+.3f}"
@@ -61,8 +64,7 @@ def test_a_consistent_gain_is_beyond_the_noise_and_paired_by_seed(glyph_task, tm
 def test_a_difference_within_the_noise_is_not_beyond_it(glyph_task, tmp_path):
     a = [0.50, 0.30, 0.62, 0.41, 0.55]
     b = [0.52, 0.35, 0.48, 0.60, 0.40]
-    out = _runs(tmp_path, {("fastvithd", 1024): a, ("fastvithd_stride32", 1024): b})
-    text = glyph_task.report(Namespace(out=str(out), command="c")).read_text()
+    text = _report(glyph_task, tmp_path, {("fastvithd", 1024): a, ("fastvithd_stride32", 1024): b})
     row = _row(text, "1024")
     lo, hi = (float(x) for x in row[4].strip("[]").split(","))
     assert lo < 0 < hi
