@@ -154,29 +154,36 @@ def _verdicts(c: "_Cells", diff: float, one: tuple, other: tuple) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}] | {'yes' if lo > 0 or hi < 0 else 'no'} | {apart} | {_paired(c, one, other)}"
 
 
-_VERDICT_HEAD = "95% interval (Welch t) | beyond the seed noise? | seeds apart? | paired by seed: first ahead in, 95% interval"
+#: The columns :func:`_verdicts` fills, after each question's own.
+_VERDICT_COLUMNS = ("95% interval (Welch t)", "beyond the seed noise?", "seeds apart?",
+                    "paired by seed: first ahead in, 95% interval")
+
+
+def _head(*cols: str) -> list:
+    """A table's header and alignment rows: the question's columns (a trailing ``>`` right-aligns one) and the
+    verdict columns, so that the two rows always have as many cells."""
+    cols = (*cols, *_VERDICT_COLUMNS)
+    names = [c.rstrip(">") for c in cols]
+    return ["| " + " | ".join(names) + " |", "| " + " | ".join("---:" if c.endswith(">") else "---" for c in cols) + " |"]
 
 
 def _questions(c: "_Cells") -> list:
     """(a) each resolution step of FastViTHD, (b) stride 64 against 32 at one resolution, (c) at equal tokens."""
-    lines = ["", "## (a) Each resolution step, FastViTHD\n", f"| step | gain in mean top-1 | {_VERDICT_HEAD} |",
-             "| --- | ---: | --- | --- | --- | --- |"]
+    lines = ["", "## (a) Each resolution step, FastViTHD\n", *_head("step", "gain in mean top-1>")]
     res_hd = c.resolutions("fastvithd")
     for lo, hi in zip(res_hd, res_hd[1:]):
         a, b = c.mean("fastvithd", lo), c.mean("fastvithd", hi)
         if a is not None and b is not None:
             lines.append(f"| {lo} -> {hi} | {b - a:+.3f} | {_verdicts(c, b - a, ('fastvithd', hi), ('fastvithd', lo))} |")
     lines += ["", "## (b) FastViTHD (stride 64) against the same network at stride 32, same resolution\n",
-              f"| resolution | stride 64 | stride 32 | difference (64 - 32) | {_VERDICT_HEAD} |",
-              "| ---: | --- | --- | ---: | --- | --- | --- | --- |"]
+              *_head("resolution>", "stride 64", "stride 32", "difference (64 - 32)>")]
     for res in c.resolutions("fastvithd_stride32"):
         a, b = c.mean("fastvithd", res), c.mean("fastvithd_stride32", res)
         if a is not None and b is not None:
             lines.append(f"| {res} | {c.fmt('fastvithd', res)} | {c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
                          f"{_verdicts(c, a - b, ('fastvithd', res), ('fastvithd_stride32', res))} |")
     lines += ["", "## (c) Equal tokens: FastViTHD at 2R against stride 32 at R\n",
-              f"| FastViTHD at | stride 32 at | tokens | FastViTHD | stride 32 | difference | {_VERDICT_HEAD} |",
-              "| ---: | ---: | ---: | --- | --- | ---: | --- | --- | --- | --- |"]
+              *_head("FastViTHD at>", "stride 32 at>", "tokens>", "FastViTHD", "stride 32", "difference>")]
     for res in c.resolutions("fastvithd_stride32"):
         a, b = c.mean("fastvithd", 2 * res), c.mean("fastvithd_stride32", res)
         if a is not None and b is not None:
@@ -195,8 +202,9 @@ def report(args) -> Path:
     seeds = sorted({r["seed"] for r in runs.values()})
     c = _Cells(runs)
     # The seed-to-seed spread: per (variant, resolution) cell with two seeds or more, max - min; its median over cells.
-    spreads = [max(v) - min(v) for v in c.by.values() if len(v) >= 2]
-    counts = sorted({len(v) for v in c.by.values() if len(v) >= 2}) or [0]
+    multi = [v for v in c.by.values() if len(v) >= 2]
+    spreads = [max(v) - min(v) for v in multi]
+    counts = sorted({len(v) for v in multi}) or [0]
     n_seeds = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     spread = statistics.median(spreads) if spreads else float("nan")
     worst = max(spreads) if spreads else float("nan")
