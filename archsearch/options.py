@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from .errors import ConfigError
+from .geometry import GEOMETRIES, ProxyGeometry
 from .spec import ArchSpec
 
 __all__ = [
@@ -147,8 +148,15 @@ class ScalingRule:
     #: ``min_side``); None: the data set's rule (:data:`DATA_SIDE_SCALE`), else the fixed ``resolution``.
     resolution_scale: Optional[float] = None
     min_side: int = 32
+    #: How the candidate becomes the network a proxy judges (:data:`archsearch.geometry.GEOMETRIES`): ``copy``
+    #: keeps its strides, ``late_grid`` and ``reference`` keep its deployed token grid.
+    geometry: str = "copy"
+    #: The candidate's own resolution, set by ``for_candidate`` (the deployed grid a geometry keeps).
+    candidate_resolution: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError("geometry", f"{self.geometry!r} is not one of: {', '.join(GEOMETRIES)}")
         if self.width_mult <= 0:
             raise ConfigError("width_mult", f"must be > 0, got {self.width_mult}")
         if self.resolution_scale is not None and not 0 < self.resolution_scale <= 4:
@@ -159,14 +167,18 @@ class ScalingRule:
         _require(self, 1, "round_to")
 
     def side_scale(self, data: str) -> Optional[float]:
-        """The factor this rule applies to a candidate's resolution on ``data`` (None: a fixed side)."""
+        """The factor the data set's side rule applies to a candidate's resolution (None: a fixed side)."""
         return self.resolution_scale if self.resolution_scale is not None else DATA_SIDE_SCALE.get(data)
 
+    def proxy_geometry(self, data: str) -> ProxyGeometry:
+        """This rule as the one object that maps a candidate to the network a proxy judges and its side."""
+        return ProxyGeometry(self.geometry, self.side_scale(data), getattr(self, "resolution", 128), self.min_side,
+                             self.width_mult, self.max_depth, self.round_to)
+
     def scaled(self, spec: ArchSpec) -> ArchSpec:
-        """The spec itself when the rule is the identity (factor 1, no cap), else ``spec.scaled``."""
-        if self.width_mult == 1.0 and self.max_depth is None:
-            return spec
-        return spec.scaled(width_mult=self.width_mult, max_depth=self.max_depth, round_to=self.round_to)
+        """The network a proxy trains or scores for ``spec`` (its geometry at ``candidate_resolution``)."""
+        side = getattr(self, "resolution", None) if self.candidate_resolution is not None else None
+        return self.proxy_geometry(getattr(self, "data", "")).network(spec, self.candidate_resolution, side)
 
 
 @dataclass(frozen=True)
@@ -246,14 +258,15 @@ class TrainProxyConfig(ScalingRule, DataRule):
 
 def _for_candidate(cfg, resolution: Optional[int]):
     """``cfg`` with its input side for a candidate evaluated at ``resolution`` and the rule made explicit
-    (``resolution_scale`` resolved), so that the side and its rule are in every result and cache key."""
+    (``resolution_scale`` and the candidate's resolution kept), so that the geometry is in every result and
+    cache key."""
     import dataclasses
 
     scale = cfg.side_scale(cfg.data)
     if scale is None or resolution is None:
         return cfg
-    side = max(cfg.min_side, round(scale * int(resolution)))
-    return dataclasses.replace(cfg, resolution=side, resolution_scale=scale)
+    side = cfg.proxy_geometry(cfg.data).side(int(resolution))
+    return dataclasses.replace(cfg, resolution=side, resolution_scale=scale, candidate_resolution=int(resolution))
 
 
 @dataclass(frozen=True)

@@ -105,3 +105,39 @@ def test_a_stopped_study_leaves_no_worker_process_training(tmp_path, signum):
         assert time.monotonic() - start < 20, "an interrupt stops the units in flight within seconds"
         assert proc.returncode == 143 and "rerun to resume" in err, err
     wait_for(lambda: not any(_alive(p) for p in workers), 15, "no worker process left training")
+
+
+def test_pooled_tau_is_kendall_tau_b_within_one_group_and_ignores_pairs_across_groups():
+    import numpy as np
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    assert stats._pooled_tau(x, y, [0] * 12) == pytest.approx(kendalltau(x, y).statistic)
+    # Two groups ordered perfectly inside, against each other across: only the pairs inside count.
+    a, b = [1, 2, 3, 10, 11, 12], [11, 12, 13, 1, 2, 3]
+    assert stats._kendall(a, b) < 0 and stats._pooled_tau(a, b, [256, 256, 256, 512, 512, 512]) == pytest.approx(1.0)
+    assert stats._pooled_tau([1, 2], [1, 2], ["a", "b"]) is None  # no pair shares a group
+    lo, hi = stats._pooled_bootstrap(x, y, [i % 3 for i in range(12)])
+    assert -1 <= lo <= hi <= 1
+
+
+def test_token_bands_and_the_choice_where_the_search_decides():
+    assert [stats.token_band(t) for t in (64, 65, 256, 257, 1024)] == [3, 4, 4, 5, 5]
+    signals = {"cheap": {"tau_within_resolution": 0.1, "tau_within_resolution_ci": [-0.2, 0.4], "cost_s": 1.0},
+               "short": {"tau_within_resolution": 0.45, "tau_within_resolution_ci": [0.1, 0.7], "cost_s": 40.0},
+               "long": {"tau_within_resolution": 0.6, "tau_within_resolution_ci": [0.3, 0.8], "cost_s": 90.0}}
+    w = stats._choose_within(signals, ceiling=0.53)
+    assert w["name"] == "short" and w["bar"] == 0.4 and w["passing"] == ["short", "long"]
+    assert stats._choose_within(signals, ceiling=None) is None
+    assert stats._at_chance_share([5, 4, 3, 2], [0.12, 0.5, 0.6, 0.1]) == 1.0  # the top quarter (1 spec) reads at chance
+
+
+def test_the_committed_glyphs_study_reports_ranks_within_resolution_and_tokens():
+    result = json.loads((ROOT / "analysis" / "proxy_fidelity_glyphs" / "fidelity.json").read_text(encoding="utf-8"))
+    for key in ("noise_ceiling_within_resolution", "noise_ceiling_within_tokens"):
+        assert isinstance(result[key], float)
+    for v in result["signals"].values():
+        assert {"tau_within_resolution", "tau_within_tokens", "top_quarter_at_chance"} <= set(v)
+    chosen = result["chosen_within_resolution"]
+    assert chosen["passed_bar"] and result["signals"][chosen["name"]]["tau_within_resolution_ci"][0] > 0

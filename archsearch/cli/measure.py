@@ -237,7 +237,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 _PROXY_FLAGS = {"width_mult": "scaled copy: width multiplier", "max_depth": "scaled copy: depth cap per stage",
                 "resolution": "input side", "steps": "training steps (train)", "lr": "learning rate (train)",
                 "data": "a data set name (archsearch.options.DATA_SET_NAMES), noise (zero-cost only) or an ImageFolder root",
-                "seed": "seed of the initialisation and the data order"}
+                "seed": "seed of the initialisation and the data order",
+                "geometry": "how the candidate becomes the judged network: copy | late_grid | reference (archsearch.geometry)",
+                "candidate_resolution": "the candidate's own resolution, whose token grid late_grid and reference keep"}
 _TRAIN_ONLY = ("steps", "lr")
 
 
@@ -270,16 +272,21 @@ def _proxy(args: argparse.Namespace) -> int:
                                   "FastViT-family spec")
     # Options left out keep the one default of each (archsearch.options).
     given = _given(args, [n for n in (*_PROXY_FLAGS, "data_root") if n not in _TRAIN_ONLY])
+
+    def options(cls):  # a candidate's resolution without an input side: the side follows the data set's rule
+        cfg = dataclasses.replace(cls(), **given)
+        return cfg.for_candidate(cfg.candidate_resolution) if "resolution" not in given else cfg
+
     if args.kind == "train":
         from ..proxy.train import train_proxy
 
         given.update(_given(args, _TRAIN_ONLY))
-        r = train_proxy(spec, dataclasses.replace(TrainProxyConfig(), **given))
+        r = train_proxy(spec, options(TrainProxyConfig))
         result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
                   "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
                   "config": r.config, "trained_spec_hash": r.trained_spec_hash}
     elif args.kind in PROXIES:
-        s = score_proxy(spec, args.kind, dataclasses.replace(ProxyConfig(), **given))
+        s = score_proxy(spec, args.kind, options(ProxyConfig))
         result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
                   "scored_spec_hash": s.scored_spec_hash}
     else:

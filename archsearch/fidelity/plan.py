@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
-from ..options import ProxyConfig, TrainProxyConfig
+from ..options import DataRule, ProxyConfig, ScalingRule, TrainProxyConfig
 from ..spec import ArchSpec
 
 RUNS_FILE, SPECS_FILE = "runs.jsonl", "specs.json"
@@ -57,15 +57,20 @@ class FidelityPlan:
         d["scalings"] = tuple(tuple(s) for s in d["scalings"])
         return cls(**d)
 
-    def training(self, steps: int, seed: int, resolution: Optional[int] = None, max_depth: Optional[int] = -1) -> TrainProxyConfig:
+    def training(self, steps: int, seed: int, resolution: Optional[int] = None, max_depth: Optional[int] = -1,
+                 candidate: Optional[int] = None) -> TrainProxyConfig:
+        """The training of one unit: ``resolution`` its input side, ``candidate`` the spec's own resolution
+        (which a geometry that keeps the deployed grid needs)."""
         cap = self.train.max_depth if max_depth == -1 else max_depth
-        return dataclasses.replace(self.train, steps=steps, seed=seed, val_every=max(1, steps // 4) if steps == self.long_steps else steps,
-                                   resolution=resolution or self.train.resolution, max_depth=cap)
+        val_every = max(1, steps // 4) if steps == self.long_steps else steps
+        return dataclasses.replace(self.train, steps=steps, seed=seed, val_every=val_every, max_depth=cap,
+                                   resolution=resolution or self.train.resolution, candidate_resolution=candidate)
 
-    def zero_cost(self, seed: int, side: Optional[int] = None) -> ProxyConfig:
-        t = self.train
-        return ProxyConfig(width_mult=t.width_mult, max_depth=t.max_depth, round_to=t.round_to, resolution=side or t.resolution,
-                           batch_size=64, seed=seed, data=t.data, data_root=t.data_root, clutter=t.clutter)
+    def zero_cost(self, seed: int, side: Optional[int] = None, candidate: Optional[int] = None) -> ProxyConfig:
+        """The zero-cost proxies' options: the trained copy's scaling rule, geometry and data, one batch of 64."""
+        shared = {f.name: getattr(self.train, f.name) for f in (*dataclasses.fields(ScalingRule), *dataclasses.fields(DataRule))}
+        return ProxyConfig(**{**shared, "candidate_resolution": candidate}, resolution=side or self.train.resolution,
+                           batch_size=64, seed=seed)
 
     def side(self, resolution: Optional[int]) -> int:
         """The input side the plan trains a spec sampled at ``resolution`` with (its data set's side rule)."""
@@ -133,20 +138,24 @@ def plan_units(plan: FidelityPlan, specs: Sequence[ArchSpec], kinds: Iterable[st
     kinds = set(kinds)
     res, cap = plan.train.resolution, plan.train.max_depth
     sides = _sides(plan, resolutions, len(specs))
+    grid_kept = plan.train.geometry != "copy"
     main: List[dict] = []
     held_refs: List[dict] = []
     held_signals: List[dict] = []
     for i, spec in enumerate(specs):
         refs, signals = (main, main) if i < plan.n else (held_refs, held_signals)
         side = sides[i]
+        at_res = {"candidate": resolutions[i]} if grid_kept and resolutions and resolutions[i] else {}
         if "train" in kinds:
-            refs += [_unit("train", i, spec, steps=plan.long_steps, seed=s, resolution=side, max_depth=cap) for s in plan.reference_seeds]
-            signals += [_unit("train", i, spec, steps=b, seed=plan.signal_seed, resolution=side, max_depth=cap) for b in plan.short_steps]
+            refs += [_unit("train", i, spec, steps=plan.long_steps, seed=s, resolution=side, max_depth=cap, **at_res)
+                     for s in plan.reference_seeds]
+            signals += [_unit("train", i, spec, steps=b, seed=plan.signal_seed, resolution=side, max_depth=cap, **at_res)
+                        for b in plan.short_steps]
         if "zero_cost" in kinds:
             at = {} if resolutions is None or resolutions[i] is None else {"side": side, "candidate": resolutions[i]}
             refs.append(_unit("zero_cost", i, spec, seed=plan.signal_seed, **at))
         if "cpu_cost" in kinds:
-            refs.append(_unit("cpu_cost", i, spec, resolution=side, max_depth=cap))
+            refs.append(_unit("cpu_cost", i, spec, resolution=side, max_depth=cap, **at_res))
     units: List[dict] = main + held_refs + held_signals
     if "train" in kinds:
         for i, spec in enumerate(specs[: plan.n_scaling]):

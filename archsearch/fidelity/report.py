@@ -127,6 +127,28 @@ def _choice(result: dict) -> List[str]:
            if ch["n_holdout"] < plan["n_holdout"] else "does **not** reach the bar."),
         "* The ceiling compares one seed with the other; signals are scored against the mean of both seeds, which "
         "is less noisy than either, so a signal can score above the ceiling.",
+        *_within_choice(result),
+    ]
+
+
+def _within_choice(result: dict) -> List[str]:
+    """Where the search decides: ranks pooled over the pairs of specs that share a resolution (or a token band)."""
+    w = result.get("chosen_within_resolution")
+    if not w:
+        return []
+    return [
+        "\n## Where the search decides\n",
+        "A search over resolution chooses among specs *at* a resolution (and within a token budget); a tau over the "
+        "whole space also rewards a signal for telling resolutions and sizes apart. `tau within resolution` pools "
+        "Kendall's tau-b over the pairs of specs that share a resolution, `tau within tokens` over the pairs that "
+        "share a token band ((4^(k-1), 4^k] visual tokens); intervals resample specs within their group.",
+        f"* Reference seed against seed: within resolution **{_fmt(result.get('noise_ceiling_within_resolution'))}** "
+        f"({result.get('noise_ceiling_within_resolution_ci')}), within tokens {_fmt(result.get('noise_ceiling_within_tokens'))} "
+        f"({result.get('noise_ceiling_within_tokens_ci')}).",
+        (f"* **For the search's accuracy axis: `{w['name']}`**, the cheapest signal whose within-resolution tau reaches "
+         f"min(0.4, 0.8 x that ceiling) = {_fmt(w['bar'])} with its interval above 0 (tau {_fmt(w['tau_within_resolution'])}, "
+         f"{w['tau_within_resolution_ci']}); all that pass: {', '.join(f'`{n}`' for n in w['passing'])}." if w["passed_bar"] else
+         f"* **No signal ranks within a resolution** to min(0.4, 0.8 x ceiling) = {_fmt(w['bar'])} with its interval above 0."),
     ]
 
 
@@ -137,16 +159,23 @@ def _signal_table(result: dict) -> List[str]:
         f"Scored on the {result['n_specs']} main specs; the last column scores the same signal on the "
         f"{ch['n_holdout']} hold-out specs (not used to choose; with so few specs its interval is wide).\n",
         "| signal | tau | 95% CI | rho | tau, params partialled out | tau, MACs partialled out | top-quarter precision "
+        "| tau within resolution [95% CI] | tau within tokens [95% CI] | top quarter at chance "
         "| CPU cost per spec (s) | hold-out tau [95% CI] |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | --- |",
     ]
     for n, v in result["signals"].items():
         h = result.get("signals_holdout", {}).get(n)
         held = f"{_fmt(h['tau'])} [{h['tau_ci'][0]:.2f}, {h['tau_ci'][1]:.2f}]" if h and h.get("tau") is not None else "-"
         lines.append(f"| {n} | {_fmt(v['tau'])} | [{v['tau_ci'][0]:.2f}, {v['tau_ci'][1]:.2f}] | {_fmt(v['rho'])} | "
                      f"{_fmt(v['tau_partial_params'])} | {_fmt(v.get('tau_partial_macs'))} | {_fmt(v['top_quarter_precision'], 2)} "
+                     f"| {_within(v, 'resolution')} | {_within(v, 'tokens')} | {_fmt(v.get('top_quarter_at_chance'), 2)} "
                      f"| {_fmt(v['cost_s'], 2)} | {held} |")
     return lines
+
+
+def _within(v: dict, kind: str) -> str:
+    t, ci = v.get(f"tau_within_{kind}"), v.get(f"tau_within_{kind}_ci")
+    return "-" if t is None else f"{_fmt(t)} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else _fmt(t)
 
 
 def _scaling(result: dict) -> List[str]:

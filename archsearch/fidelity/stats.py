@@ -6,7 +6,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from ..options import ZERO_COST_NAMES
 from .plan import FidelityPlan, _collect, _sides, load_resolutions, load_specs, plan_units
@@ -37,6 +37,66 @@ def _bootstrap_tau(x: Sequence[float], y: Sequence[float], n_boot: int = 2000, s
         taus.append(_kendall(xa[idx], ya[idx]))
     bounds: Any = np.percentile(taus, [2.5, 97.5])
     return [round(float(bounds[0]), 3), round(float(bounds[1]), 3)]
+
+
+def _pooled_tau(x: Sequence[float], y: Sequence[float], groups: Sequence[object]) -> Optional[float]:
+    """Kendall's tau-b over the pairs of items that share a group (one resolution, one token band): how well
+    ``x`` orders what a search decides *within* a group, without the differences between groups."""
+    import numpy as np
+
+    xa, ya, ga = np.asarray(x, float), np.asarray(y, float), np.asarray([str(g) for g in groups])
+    same = ga[:, None] == ga[None, :]
+    upper = np.triu(np.ones_like(same, dtype=bool), k=1) & same
+    sx, sy = np.sign(xa[:, None] - xa[None, :])[upper], np.sign(ya[:, None] - ya[None, :])[upper]
+    denom = math.sqrt(float((sx ** 2).sum()) * float((sy ** 2).sum()))
+    return None if denom == 0 else float((sx * sy).sum()) / denom
+
+
+def _pooled_bootstrap(x: Sequence[float], y: Sequence[float], groups: Sequence[object], n_boot: int = 2000,
+                      seed: int = 0) -> Optional[List[float]]:
+    """95% interval of :func:`_pooled_tau`, resampling items within each group (the groups stay as they are)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    members: Dict[str, List[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    xa, ya = np.asarray(x, float), np.asarray(y, float)
+    taus = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(m, len(m)) for m in members.values()])
+        t = _pooled_tau(xa[idx], ya[idx], [groups[i] for i in idx])
+        if t is not None:
+            taus.append(t)
+    if not taus:
+        return None
+    bounds: Any = np.percentile(taus, [2.5, 97.5])
+    return [round(float(bounds[0]), 3), round(float(bounds[1]), 3)]
+
+
+#: Top-1 of a guess: every data set a proxy trains on here has 10 classes.
+CHANCE_TOP1 = 0.1
+
+
+def token_band(tokens: int) -> int:
+    """The token budget band of a spec: (4^(k-1), 4^k] visual tokens is band k (64, 256, 1024, 4096, ...)."""
+    return max(0, math.ceil(math.log(max(1, tokens), 4) - 1e-9))
+
+
+def _within_groups(v: Sequence[float], target: Sequence[float], groups: Mapping[str, Sequence[object]]) -> dict:
+    out: Dict[str, Any] = {}
+    for name, g in groups.items():
+        t = _pooled_tau(v, target, g)
+        out[f"tau_within_{name}"] = None if t is None else round(t, 3)
+        out[f"tau_within_{name}_ci"] = _pooled_bootstrap(v, target, g)
+    return out
+
+
+def _at_chance_share(v: Sequence[float], target: Sequence[float], frac: float = 0.25) -> float:
+    """Of the signal's top ``frac`` of specs, the share whose reference top-1 is within 0.05 of chance."""
+    k = max(1, round(len(v) * frac))
+    top = sorted(range(len(v)), key=lambda i: -v[i])[:k]
+    return round(sum(target[i] <= CHANCE_TOP1 + 0.05 for i in top) / k, 3)
 
 
 def _partial_tau(x: Sequence[float], y: Sequence[float], z: Sequence[float]) -> float:
@@ -101,7 +161,9 @@ ENSEMBLE = ("synflow", "params", "train_loss_sum@{b0}")
 _MIN_RANKED = 3
 
 
-def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
+def _evaluate(plan, ref: dict, sig: dict, cost: dict, groups: Optional[Dict[str, dict]] = None) -> Tuple[dict, List[int]]:
+    """Every signal's statistics over the specs with a reference; ``groups``: {group kind: {spec index: group}}
+    (resolution, token band) for the within-group taus."""
     common = [i for i in ref if sig.get(i)]
     if len(common) < _MIN_RANKED:  # tau over one or two specs is 0 or +-1 whatever the signal: no score
         return {}, common
@@ -117,6 +179,7 @@ def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
         values["ensemble"] = [statistics.fmean(r[j] for r in rank_lists) for j in range(len(common))]
         for i in common:
             cost[i]["ensemble"] = sum(cost[i].get(p, 0.0) for p in ens_parts)
+    by_group = {kind: [g[i] for i in common] for kind, g in (groups or {}).items()}
     out = {}
     for n, v in values.items():
         costs = [cost[i][n] for i in common if cost[i].get(n) is not None]
@@ -127,8 +190,31 @@ def _evaluate(plan, ref: dict, sig: dict, cost: dict) -> Tuple[dict, List[int]]:
             "tau_partial_macs": round(_partial_tau(v, target, macs), 3) if n != "macs" else 0.0,
             "top_quarter_precision": round(_top_precision(v, target), 3),
             "cost_s": round(statistics.median(costs), 3) if costs else None,
+            **_within_groups(v, target, by_group),
+            "top_quarter_at_chance": _at_chance_share(v, target),
         }
     return out, common
+
+
+def _groups(specs, resolutions: Sequence[Optional[int]]) -> Dict[str, dict]:
+    """Each spec's resolution and token band (none for a study whose specs share one resolution)."""
+    if not resolutions or resolutions[0] is None:
+        return {}
+    return {"resolution": dict(enumerate(resolutions)),
+            "tokens": {i: token_band(s.visual_tokens(int(cast(int, r)))) for i, (s, r) in enumerate(zip(specs, resolutions))}}
+
+
+def _ceilings(ref: dict, common: Sequence[int], groups: Dict[str, dict]) -> dict:
+    """The reference seeds' own within-group taus (``noise_ceiling_within_resolution`` / ``_tokens``)."""
+    if len(common) < _MIN_RANKED:
+        return {}
+    a, b = [ref[i][0] for i in common], [ref[i][1] for i in common]
+    out: Dict[str, Any] = {}
+    for kind, g in groups.items():
+        t = _pooled_tau(a, b, [g[i] for i in common])
+        out[f"noise_ceiling_within_{kind}"] = None if t is None else round(t, 3)
+        out[f"noise_ceiling_within_{kind}_ci"] = _pooled_bootstrap(a, b, [g[i] for i in common])
+    return out
 
 
 def analyse(out: Path, *, command: str = "") -> dict:
@@ -140,7 +226,8 @@ def analyse(out: Path, *, command: str = "") -> dict:
     runs = _collect(out)
     main_idx, hold_idx = range(plan.n), range(plan.n, plan.n + plan.n_holdout)
     ref, sig, cost = _signal_table(plan, runs, main_idx, sides)
-    signals, common = _evaluate(plan, ref, sig, cost)
+    groups = _groups(specs, resolutions)
+    signals, common = _evaluate(plan, ref, sig, cost, groups)
     seeds: List[Sequence[float]] = list(zip(*[ref[i] for i in common])) if common else [[], []]
     ranked = len(common) >= _MIN_RANKED
     ceiling = round(_kendall(seeds[0], seeds[1]), 3) if ranked else float("nan")
@@ -149,7 +236,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
     best = max(signals, key=lambda n: signals[n]["tau"]) if signals else None
     chosen_name = passing[0][1] if passing else best
     h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx, sides)
-    h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost) if h_ref else ({}, [])
+    h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost, groups) if h_ref else ({}, [])
     chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
               "n_holdout": len(h_common)}
@@ -159,12 +246,14 @@ def analyse(out: Path, *, command: str = "") -> dict:
         # A confirmation needs every hold-out spec: on a few, tau's interval spans almost [-1, 1].
         chosen["holdout_passed"] = (len(h_common) == plan.n_holdout and chosen["tau_holdout"] is not None
                                     and chosen["tau_holdout"] >= bar)
+    ceilings = _ceilings(ref, common, groups)
     curve = _learning_curves(plan, runs, common, sides)
     result = {
         "plan": plan.to_dict(), "command": command, "space": plan.space,
         "specs": [{"index": i, "spec_hash": specs[i].spec_hash, "arch": specs[i].code, "resolution": resolutions[i],
                    "input_side": sides[i], "reference_top1": ref[i], "signals": sig[i]} for i in common],
-        "n_specs": len(common), "noise_ceiling_tau": ceiling, "noise_ceiling_ci": _bootstrap_tau(seeds[0], seeds[1]) if ranked else None,
+        "n_specs": len(common), "noise_ceiling_tau": ceiling, **ceilings,
+        "chance_top1": CHANCE_TOP1, "noise_ceiling_ci": _bootstrap_tau(seeds[0], seeds[1]) if ranked else None,
         "reference_top1_range": [round(min(statistics.fmean(ref[i]) for i in common), 4),
                                  round(max(statistics.fmean(ref[i]) for i in common), 4)] if common else None,
         "resolution_range": ([min(cast(int, resolutions[i]) for i in common), max(cast(int, resolutions[i]) for i in common)]
@@ -172,6 +261,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
         "input_side_range": [min(sides[i] for i in common), max(sides[i] for i in common)] if common else None,
         "learning_curves": curve,
         "signals": signals, "signals_holdout": h_signals, "chosen": chosen,
+        "chosen_within_resolution": _choose_within(signals, ceilings.get("noise_ceiling_within_resolution")),
         "scaling": _scaling_subset(plan, runs),
         "devices": sorted({r["device"] for r in runs}),
         "units": len(runs),
@@ -180,6 +270,23 @@ def analyse(out: Path, *, command: str = "") -> dict:
     }
     (out / "fidelity.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     return result
+
+
+def _choose_within(signals: dict, ceiling: Optional[float]) -> Optional[dict]:
+    """The signal for a search that decides within one resolution: the cheapest whose pooled within-resolution
+    tau reaches min(0.4, 0.8 x that ceiling) with the lower end of its interval above 0 (None: a study whose
+    specs share one resolution)."""
+    if ceiling is None:
+        return None
+    bar = round(min(0.4, 0.8 * ceiling), 3)
+    ok = sorted((v["cost_s"], n) for n, v in signals.items()
+                if v.get("tau_within_resolution") is not None and v["tau_within_resolution"] >= bar
+                and v.get("tau_within_resolution_ci") and v["tau_within_resolution_ci"][0] > 0 and v["cost_s"] is not None)
+    name = ok[0][1] if ok else None
+    return {"name": name, "bar": bar, "passed_bar": bool(ok),
+            "tau_within_resolution": signals[name]["tau_within_resolution"] if name else None,
+            "tau_within_resolution_ci": signals[name]["tau_within_resolution_ci"] if name else None,
+            "passing": [n for _, n in ok]}
 
 
 def _learning_curves(plan: FidelityPlan, runs: List[dict], common: Sequence[int], sides: Sequence[int]) -> dict:

@@ -26,7 +26,8 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
     if unit["kind"] == "train":
         from ..proxy.train import train_proxy
 
-        train_cfg = dataclasses.replace(plan.training(unit["steps"], unit["seed"], unit["resolution"], unit["max_depth"]),
+        train_cfg = dataclasses.replace(plan.training(unit["steps"], unit["seed"], unit["resolution"], unit["max_depth"],
+                                                      unit.get("candidate")),
                                         accelerator=accelerator)
         r = train_proxy(spec, train_cfg)
         result = {"val_top1": r.val_top1, "val_loss": r.val_loss, "loss_sum": r.loss_sum, "train_loss": r.train_loss,
@@ -35,7 +36,7 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
         from ..measure.flops import count_complexity
         from ..proxy.zero_cost import score_proxy
 
-        zc_cfg = plan.zero_cost(unit["seed"], unit.get("side"))
+        zc_cfg = plan.zero_cost(unit["seed"], unit.get("side"), unit.get("candidate"))
         result = {}
         for name in ZERO_COST_NAMES:
             s = score_proxy(spec, name, zc_cfg)
@@ -49,7 +50,7 @@ def _run_one(plan_dict: dict, spec_dict: dict, unit: dict, accelerator: str) -> 
         # CPU seconds per training step of this spec's scaled copy (the search's device), from two short
         # runs: the difference removes data preparation, start-up and validation.
         few, more = 2, 10
-        cfg = plan.training(few, plan.signal_seed, unit["resolution"], unit["max_depth"])
+        cfg = plan.training(few, plan.signal_seed, unit["resolution"], unit["max_depth"], unit.get("candidate"))
         a = train_proxy(spec, dataclasses.replace(cfg, accelerator="cpu"))
         b = train_proxy(spec, dataclasses.replace(cfg, steps=more, val_every=more, accelerator="cpu"))
         per_step = max(0.0, (b.seconds - a.seconds) / (more - few))
