@@ -3,10 +3,15 @@
 The public API; everything else is reachable through its module but may change.
 """
 from .errors import ArchsearchError, ConfigError, InvalidSample
+from .export._timm import install_timm_hook
 from .references import REFERENCES, get_reference, load_spec
 from .spec import ArchSpec, StageSpec, parse_resolution
 
 __version__ = "0.1.0"
+
+# An exported folder whose spec needs archsearch's extensions names the timm model `archsearch_fastvit`: timm
+# finds it in any process that imported archsearch (registered when timm itself is imported, not before).
+install_timm_hook()
 
 __all__ = [
     "ArchSpec",

@@ -110,6 +110,10 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", metavar="STUDY", help="study name")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default %(default)s)")
     p.add_argument("--out", required=True, help="directory for the Pareto specs, pareto.csv, pareto.md, pareto.png")
+    p.add_argument("--export", metavar="FORMATS", default=None,
+                   help="also export every member as a model folder OUT/trialNNNN (timm,onnx: see `archsearch export`)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="with --export: log each member's folder as an artifact of its trial's MLflow run")
     _overwrite_arg(p)
 
 
@@ -117,9 +121,58 @@ def _pareto_args(p: argparse.ArgumentParser) -> None:
 def _pareto(args: argparse.Namespace) -> int:
     from ..pareto import export_pareto, load_study
 
+    formats = None
+    if args.export is not None:
+        from ..export._folder import parse_formats
+
+        formats = parse_formats(args.export)  # refused before anything is written
     study = load_study(args.study, args.storage)
     rows = export_pareto(study, prepare_output_dir(args.out, "pareto", overwrite=args.overwrite))
     _out.print(f"{len(rows)} Pareto-optimal specs -> {args.out} (pareto.csv, pareto.md, pareto.png)")
+    if formats:
+        from ..export import export_front
+
+        def member(k: int, n: int, number: int, result) -> None:
+            _out.print(f"[{k}/{n}] trial {number} {result.arch} @ {result.resolution[0]} px -> {result.out} "
+                       f"({', '.join(result.formats)}; timm architecture {result.timm_architecture})")
+
+        export_front(args.study, args.storage, args.out, formats=formats, overwrite=args.overwrite,
+                     tracking_uri=args.tracking_uri, on_member=member)
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE", help="reference name, spec YAML, or STUDY:TRIAL (with --storage)")
+    p.add_argument("--out", required=True, help="folder for timm/, onnx/, README.md (the model card), spec.yaml")
+    p.add_argument("--format", default="timm,onnx", help="comma-separated: timm, onnx (default %(default)s)")
+    p.add_argument("-r", "--resolution", default=None,
+                   help="input resolution (default: the trial's; for a reference or spec file, 1024)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL of the study, for SOURCE=STUDY:TRIAL")
+    p.add_argument("--weights", default=None, help="a state_dict (.pt/.pth or .safetensors) to export instead of the initial weights")
+    p.add_argument("--json", action="store_true")
+    _overwrite_arg(p)
+
+
+@_command("export", "write a spec or a study's trial as a timm model folder, an ONNX deploy model and a model card",
+          _export_args)
+def _export(args: argparse.Namespace) -> int:
+    import json
+
+    from ..export._folder import export_encoder, parse_formats, resolve_source
+
+    formats = parse_formats(args.format)
+    spec, resolution, origin = resolve_source(args.source, storage=args.storage)
+    res = args.resolution or resolution or 1024
+    result = export_encoder(spec, res, Path(args.out), formats=formats, overwrite=args.overwrite, origin=origin,
+                            weights=Path(args.weights) if args.weights else None)
+    if args.json:
+        print(json.dumps({"out": str(result.out), "formats": list(result.formats), "arch": result.arch,
+                          "timm_architecture": result.timm_architecture, "needs_archsearch": result.needs_archsearch,
+                          "params": result.params, "onnx_max_abs_diff": result.onnx_max_abs_diff}))
+    else:
+        needs = " (needs `import archsearch`)" if result.needs_archsearch else ""
+        _out.print(f"{result.arch} @ {result.resolution[0]}x{result.resolution[1]} px -> {result.out}: "
+                   f"{', '.join(result.formats)}; timm architecture {result.timm_architecture}{needs}; model card README.md")
     return 0
 
 
