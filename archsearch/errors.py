@@ -10,7 +10,9 @@ __all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "MeasurementError"
 
 import re
 
-_PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?P<tail>@)")
+#: The password of a URL's user-info: it ends at the authority's '@' and never spans a '/' (``http://h:1/u:p@x``
+#: has no user-info: its '@' is in the path).
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<secret>[^@\s/]+)(?P<tail>@)")
 
 
 #: A secret in a URL's query string: ``?password=...``, ``&token=...`` (libpq, HTTP APIs).

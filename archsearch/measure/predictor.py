@@ -30,6 +30,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from ..errors import MeasurementError
+
 from ..build import deploy_model
 from ..errors import ConfigError
 from ..options import PREDICTOR_FIT
@@ -69,6 +71,8 @@ class LatencyPredictor:
         # Tables timed with and without a retained heap differ by the page faults (~25% here).
         heap = "" if self.config.backend == "remote" else f"-heap-{heap_mode(self.config.retain_heap)}"  # the device's own
         name = f"{latency_device(self.config)[1]}-{self.config.backend}-t{self.config.threads}{heap}.json"
+        if Path(name).name != name or name.startswith("."):  # a device's fingerprint names this file: never a path
+            raise MeasurementError(f"device fingerprint {latency_device(self.config)[1][:40]!r} cannot name a table file")
         self.path = path or default_cache_dir() / "latency_lut" / name
         self.entries: Dict[str, dict] = {}
         self.scale: float = 1.0

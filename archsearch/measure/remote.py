@@ -9,13 +9,15 @@ options, a cache key, a condition, a study or a log line. An unreachable or fail
 """
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
+import socket
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
@@ -24,7 +26,8 @@ from .._timing import MAX_BURST
 from ..errors import MeasurementError
 from ._export import export_onnx
 from ..options import LatencyConfig
-from ..serve.protocol import DEVICE_PATH, TIME_PATH, TOKEN_ENV, Job, job_query, job_to_json
+from ..serve.protocol import (DEVICE_PATH, MAX_ANSWER_BYTES, TIME_PATH, TOKEN_ENV, AnswerError, Job, check_device_answer,
+                              check_time_answer, job_query, job_to_json)
 
 __all__ = ["RemoteBackend", "RemoteSession"]
 
@@ -40,25 +43,62 @@ def _token() -> str:
 
 
 def _call(url: str, path: str, timeout_s: float, body: Optional[bytes] = None,
-          content_type: str = "application/json") -> Dict[str, Any]:
-    request = urllib.request.Request(url.rstrip("/") + path, data=body, method="POST" if body is not None else "GET")
-    request.add_header("Authorization", f"Bearer {_token()}")
+          content_type: str = "application/json") -> Any:
+    """One request, bounded as a whole: a device that answers a byte at a time is cut off at ``timeout_s`` (a
+    timer shuts the socket; urllib's timeout bounds each read, not the call). No redirect is followed (the token
+    would go to wherever it points), and an answer over :data:`MAX_ANSWER_BYTES` is refused unread."""
+    parts = urlsplit(url.rstrip("/") + path)
+    conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(parts.hostname or "", parts.port, timeout=min(timeout_s, 30.0))
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        with contextlib.suppress(OSError, AttributeError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout_s, cut)
+    timer.daemon = True
+    headers = {"Authorization": f"Bearer {_token()}", "Connection": "close"}
     if body is not None:
-        request.add_header("Content-Type", content_type)
+        headers["Content-Type"] = content_type
+    timer.start()
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        try:
-            detail = str(json.loads(e.read()).get("error", ""))[:200]
-        except (ValueError, AttributeError, OSError):
-            detail = ""
-        raise MeasurementError(f"device {url} answered {e.code}{': ' + detail if detail else ''}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", e)
-        raise MeasurementError(f"device {url} unreachable ({reason})") from None
-    except ValueError:
-        raise MeasurementError(f"device {url} answered something that is not JSON") from None
+        conn.request("POST" if body is not None else "GET", parts.path + (f"?{parts.query}" if parts.query else ""),
+                     body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read(MAX_ANSWER_BYTES + 1)
+    except (OSError, http.client.HTTPException) as e:
+        if expired.is_set():
+            raise MeasurementError(f"device {url} did not answer within {timeout_s:g} s (request_timeout_s)") from None
+        raise MeasurementError(f"device {url} unreachable ({e or type(e).__name__})") from None
+    finally:
+        timer.cancel()
+        conn.close()
+    if expired.is_set():  # a socket shut mid-read returns what came so far, without an error
+        raise MeasurementError(f"device {url} did not answer within {timeout_s:g} s (request_timeout_s)")
+    if len(data) > MAX_ANSWER_BYTES:
+        raise MeasurementError(f"device {url} answered more than {MAX_ANSWER_BYTES >> 20} MB: refused")
+    if 300 <= response.status < 400:
+        raise MeasurementError(f"device {url} answered {response.status} (a redirect to "
+                               f"{str(response.getheader('Location'))[:100]}): not followed, the token stays with {url}")
+    try:
+        answer = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        answer = None
+    if response.status != 200:
+        detail = str(answer.get("error", ""))[:200] if isinstance(answer, dict) else ""
+        raise MeasurementError(f"device {url} answered {response.status}{': ' + detail if detail else ''}")
+    if answer is None:
+        raise MeasurementError(f"device {url} answered something that is not JSON")
+    return answer
+
+
+def _checked(url: str, check, *args):
+    try:
+        return check(*args)
+    except AnswerError as e:
+        raise MeasurementError(f"device {url} answered outside the protocol: {e}") from None
 
 
 class RemoteBackend:
@@ -69,7 +109,7 @@ class RemoteBackend:
         with _devices_lock:
             if cfg.url not in _devices:
                 answer = _call(cfg.url, DEVICE_PATH, min(cfg.request_timeout_s, 30.0))
-                _devices[cfg.url] = (dict(answer.get("device", {})), str(answer.get("fingerprint", "")))
+                _devices[cfg.url] = _checked(cfg.url, check_device_answer, answer)
             return _devices[cfg.url]
 
     def open(self, pairs: Sequence[Tuple[nn.Module, torch.Tensor]], cfg: LatencyConfig) -> "RemoteSession":
@@ -94,15 +134,16 @@ class RemoteSession:
                            "application/octet-stream")
         else:
             answer = _call(cfg.url, TIME_PATH, cfg.request_timeout_s, job_to_json(job))
-        if answer.get("fingerprint") != self.fingerprint:
+        answer = _checked(cfg.url, check_time_answer, answer, job)
+        if answer["fingerprint"] != self.fingerprint:
             raise MeasurementError(f"device {cfg.url} changed during the study ({self.fingerprint} -> {answer.get('fingerprint')}): "
                                    "restart the search to time on the new one")
         return answer
 
     def round_robin(self, cfg: LatencyConfig) -> List[List[float]]:
-        return [list(map(float, t)) for t in self._job(cfg, "round_robin")["times_ms"]]
+        return self._job(cfg, "round_robin")["times_ms"]
 
     def interleave(self, cfg: LatencyConfig, max_burst: int) -> Tuple[List[float], List[float], List[float]]:
         answer = self._job(cfg, "interleave", max_burst)
         ta, tb = answer["times_ms"]
-        return list(map(float, ta)), list(map(float, tb)), list(map(float, answer["ratios"]))
+        return ta, tb, answer["ratios"]

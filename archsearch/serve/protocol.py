@@ -23,12 +23,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .._timing import MAX_BURST
 
 __all__ = [
+    "AnswerError", "FINGERPRINT_RE", "MAX_ANSWER_BYTES", "check_device_answer", "check_time_answer",
     "DEVICE_PATH", "DEFAULT_PORT", "Job", "JobError", "MAX_MODELS", "MODES", "TIME_PATH", "TOKEN_ENV", "job_from_json",
     "job_from_query", "job_query", "job_to_json",
 ]
@@ -43,6 +46,62 @@ MODES = ("round_robin", "interleave")
 MAX_MODELS = 2
 _LIMITS = {"warmup": (0, 1000), "repeats": (1, 10000), "threads": (1, 1024), "max_burst": (1, 50)}
 _MAX_DIMS, _MAX_SIDE, _MAX_ELEMENTS = 6, 16384, 1 << 28
+
+
+#: A device's fingerprint: it names the predictor's table file and enters cache keys, so it is a plain name.
+FINGERPRINT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The largest answer a client reads: times of 10,000 repeats of two models fit many times over.
+MAX_ANSWER_BYTES = 4 << 20
+
+
+class AnswerError(ValueError):
+    """A device's answer that is not what this protocol defines (the client refuses it in one line)."""
+
+
+def _fingerprint(answer: Mapping[str, Any]) -> str:
+    fp = answer.get("fingerprint")
+    if not isinstance(fp, str) or not FINGERPRINT_RE.fullmatch(fp):
+        raise AnswerError(f"fingerprint {str(fp)[:40]!r} is not a plain name (letters, digits, '.', '_', '-')")
+    return fp
+
+
+def check_device_answer(answer: Any) -> Tuple[Dict[str, Any], str]:
+    """``GET /v1/device``'s answer as (facts, fingerprint), or :class:`AnswerError`."""
+    if not isinstance(answer, dict):
+        raise AnswerError(f"expected a JSON object, got {type(answer).__name__}")
+    facts = answer.get("device")
+    if not isinstance(facts, dict):
+        raise AnswerError(f"device: expected an object of facts, got {type(facts).__name__}")
+    return facts, _fingerprint(answer)
+
+
+def _times(name: str, value: Any, lo: int, hi: int) -> List[float]:
+    if not isinstance(value, list) or not lo <= len(value) <= hi:
+        n = len(value) if isinstance(value, list) else type(value).__name__
+        raise AnswerError(f"{name}: expected {lo} to {hi} times, got {n}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise AnswerError(f"{name}: {str(v)[:40]!r} is not a positive time in ms")
+    return [float(v) for v in value]
+
+
+def check_time_answer(answer: Any, job: "Job") -> Dict[str, Any]:
+    """``POST /v1/time``'s answer to ``job``: ``times_ms`` (one list per model, as many samples as the job's
+    repeats allow), ``ratios`` for an interleaved pair, and the fingerprint; else :class:`AnswerError`."""
+    if not isinstance(answer, dict):
+        raise AnswerError(f"expected a JSON object, got {type(answer).__name__}")
+    fewest = min(3, job.repeats) if job.time_budget_s is not None else job.repeats
+    times = answer.get("times_ms")
+    if not isinstance(times, list) or len(times) != len(job.models):
+        raise AnswerError(f"times_ms: expected one list per model ({len(job.models)})")
+    if job.mode == "interleave":
+        ta = _times("times_ms[0]", times[0], fewest, job.repeats)
+        tb = _times("times_ms[1]", times[1], len(ta), len(ta) * job.max_burst)
+        ratios = _times("ratios", answer.get("ratios"), len(ta), len(ta))
+        checked = {"times_ms": [ta, tb], "ratios": ratios}
+    else:
+        checked = {"times_ms": [_times(f"times_ms[{i}]", t, fewest, job.repeats) for i, t in enumerate(times)]}
+    return {**answer, **checked, "fingerprint": _fingerprint(answer)}
 
 
 class JobError(ValueError):
