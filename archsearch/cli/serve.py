@@ -16,7 +16,9 @@ _SERVE_FLAGS = {
     "host": "address to bind (this machine only by default; 0.0.0.0 exposes it to the network)",
     "port": "0 picks a free one", "max_model_mb": "largest ONNX model accepted",
     "timeout_s": "wall-clock limit of one job", "max_memory_mb": "memory limit of one job's process",
-    "queue": "jobs that may wait while one runs; more are refused with 503"}
+    "queue": "jobs that may wait while one runs; more are refused with 503",
+    "read_timeout_s": "a client silent this long is disconnected", "max_connections": "connections served at once",
+    "log_max_mb": "the job log rotates past this size"}
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -34,7 +36,11 @@ def _token(args: argparse.Namespace) -> tuple[str, bool]:
 
     if args.token_file is not None:
         try:
-            text = args.token_file.read_text(encoding="utf-8", errors="strict")[:4096]
+            with open(args.token_file, "rb") as f:  # bounded: /dev/zero or a huge file must not be read whole
+                raw = f.read(4097)
+            if len(raw) > 4096:
+                raise ConfigError("--token-file", f"{args.token_file} is larger than 4 KB: not a token file")
+            text = raw.decode("utf-8", errors="strict")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError("--token-file", f"cannot read {args.token_file} ({type(e).__name__})") from None
         token = text.strip().splitlines()[0].strip() if text.strip() else ""
@@ -62,8 +68,16 @@ def _device_serve(args: argparse.Namespace) -> int:
           flush=True)
     if generated:
         print(f"device-serve: token (shown once; on the searching machine: export {TOKEN_ENV}=...): {token}", flush=True)
+    import signal
+
+    def stop(signum, frame) -> None:  # noqa: ARG001 - signal's signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("device-serve: stopped", file=sys.stderr)
+        print(f"device-serve: stopped after {server.jobs} jobs", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0

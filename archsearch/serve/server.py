@@ -35,6 +35,10 @@ __all__ = ["DeviceServer", "ServeOptions", "device_facts"]
 _DRAIN_BYTES = 64 << 20
 _DRAIN_UNAUTHORISED_BYTES = 1 << 20
 _JSON_SLACK = 64 << 10
+#: A body must keep coming at this rate (after the first read timeout): a client that drips it is cut off.
+_MIN_BODY_RATE = 64 << 10
+#: Every string in a log record is cut to this length, so that no request can write a long line.
+_LOG_FIELD_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,18 @@ class ServeOptions:
     queue: int = 4
     #: The job log (JSON lines); default ``$ARCHSEARCH_CACHE_DIR/device-serve/jobs.jsonl``.
     log: Optional[Path] = None
+    #: A client that sends nothing for this long (headers or body) is disconnected: stalled clients free their thread.
+    read_timeout_s: float = 10.0
+    #: Connections served at once; one more is answered 503 and closed without a thread.
+    max_connections: int = 64
+    #: The job log rotates (to ``.1``) past this size, so that it and its one old copy stay under twice it.
+    log_max_mb: float = 4.0
 
     def __post_init__(self) -> None:
         from ..errors import ConfigError
 
-        for key, lo in (("max_model_mb", 0.001), ("timeout_s", 0.1), ("max_memory_mb", 64), ("queue", 0)):
+        for key, lo in (("max_model_mb", 0.001), ("timeout_s", 0.1), ("max_memory_mb", 64), ("queue", 0),
+                        ("read_timeout_s", 0.1), ("max_connections", 1), ("log_max_mb", 0.01)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < lo:
                 raise ConfigError(key, f"must be at least {lo}, got {value!r}")
@@ -110,8 +121,12 @@ class DeviceServer:
         self._admit = threading.Lock()
         self._running = threading.Lock()
         self._log_lock = threading.Lock()
+        self._refused_since = 0  # unauthenticated refusals not logged since the last one logged
+        self._refused_logged = 0.0
+        self._log_failed = False
         self.jobs = 0
-        self.httpd = ThreadingHTTPServer((options.host, options.port), _Handler)
+        self._check_log()
+        self.httpd = _BoundedServer((options.host, options.port), _Handler, options.max_connections)
         self.httpd.daemon_threads = True
         self.httpd.device = self  # type: ignore[attr-defined]  # what each request's handler serves
 
@@ -124,13 +139,41 @@ class DeviceServer:
         scheme, _, given = (header or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token)
 
-    def log(self, record: Dict[str, Any]) -> None:
+    def _check_log(self) -> None:
+        """Refuse to start with a job log that cannot be written (it would fail every request later)."""
         path = self.options.log_path
-        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, sort_keys=True)
-        with self._log_lock:
+        try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(line + "\n")
+            with path.open("a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            from ..errors import ConfigError
+
+            raise ConfigError("--log", f"cannot write the job log {path} ({e.strerror or type(e).__name__})") from None
+
+    def log(self, record: Dict[str, Any]) -> None:
+        """Append one record, every string cut short; refusals without the token at most once a second (with the
+        count of those not logged), and the file rotated past ``log_max_mb``: no client can grow it without bound."""
+        now = time.monotonic()
+        with self._log_lock:
+            if record.get("status") == 401:
+                if now - self._refused_logged < 1.0:
+                    self._refused_since += 1
+                    return
+                record = {**record, "not_logged_since": self._refused_since}
+                self._refused_since, self._refused_logged = 0, now
+            short = {k: v[:_LOG_FIELD_CHARS] if isinstance(v, str) else v for k, v in record.items()}
+            line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **short}, sort_keys=True)[:4 * _LOG_FIELD_CHARS]
+            path = self.options.log_path
+            try:
+                if path.exists() and path.stat().st_size > self.options.log_max_mb * (1 << 20):
+                    os.replace(path, path.with_name(path.name + ".1"))
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(line + "\n")
+            except OSError as e:  # a full disk must not fail the requests: say so once
+                if not self._log_failed:
+                    self._log_failed = True
+                    self.announce(f"warning: cannot write the job log {path} ({e.strerror}); serving on without it")
 
     def max_body(self, raw: bool) -> int:
         if raw:
@@ -188,6 +231,43 @@ class DeviceServer:
             self.httpd.server_close()
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """At most ``limit`` connections at once; one more is answered 503 in one line and closed, without a thread
+    (400 clients that send headers and stall held 400 threads before)."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, limit: int) -> None:
+        super().__init__(address, handler)
+        self.limit = limit
+        self._active = 0
+        self._count = threading.Lock()
+
+    def process_request(self, request, client_address) -> None:
+        with self._count:
+            full = self._active >= self.limit
+            if not full:
+                self._active += 1
+        if full:
+            body = json.dumps({"error": f"busy: {self.limit} connections open; retry later"}).encode()
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                b"Retry-After: 5\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count:
+                self._active -= 1
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One request: authorised first, then routed; the DeviceServer it serves is ``self.server.device``."""
     protocol_version = "HTTP/1.1"
@@ -197,6 +277,35 @@ class _Handler(BaseHTTPRequestHandler):
     def device(self) -> "DeviceServer":
         return self.server.device  # type: ignore[attr-defined]
     sys_version = ""
+
+    def setup(self) -> None:
+        self.timeout = self.device.options.read_timeout_s  # type: ignore[misc]  # StreamRequestHandler sets it on the socket
+        super().setup()
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:  # noqa: ARG002
+        """http.server's own refusals (a malformed request line, an unsupported method such as PUT, a header too
+        long) as every other answer: one line of JSON, and the connection closed."""
+        try:
+            self._send(code, {"error": message or self.responses.get(code, ("error",))[0]}, close=True)
+        except OSError:
+            self.close_connection = True
+
+    def _read_body(self, length: int) -> Optional[bytes]:
+        """The body, or None when the client stops sending or drips it slower than :data:`_MIN_BODY_RATE`."""
+        deadline = time.monotonic() + self.device.options.read_timeout_s + length / _MIN_BODY_RATE
+        parts, left = [], length
+        try:
+            while left > 0:
+                if time.monotonic() > deadline:
+                    return None
+                chunk = self.rfile.read1(min(left, 1 << 20)) if hasattr(self.rfile, "read1") else self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    return None
+                parts.append(chunk)
+                left -= len(chunk)
+        except (TimeoutError, OSError):
+            return None
+        return b"".join(parts)
 
     def log_message(self, format: str, *args: Any) -> None:  # the job log says what happened; no access log
         pass
@@ -226,20 +335,24 @@ class _Handler(BaseHTTPRequestHandler):
         n = self._length() or 0
         if n > cap:
             return False
-        while n > 0:
-            chunk = self.rfile.read(min(n, 1 << 20))
-            if not chunk:
-                return False
-            n -= len(chunk)
+        try:
+            while n > 0:
+                chunk = self.rfile.read(min(n, 1 << 20))
+                if not chunk:
+                    return False
+                n -= len(chunk)
+        except OSError:  # a Content-Length that lies: the read timeout ends the wait
+            return False
         return True
 
     def _refuse(self, status: int, message: str, record: Optional[Dict[str, Any]] = None) -> None:
         # A client without the token gets its answer only if its body is small: the server reads no more for it.
         cap = _DRAIN_UNAUTHORISED_BYTES if status == 401 else _DRAIN_BYTES
-        kept = self._drain(cap) if self.command == "POST" else True
+        if self.command == "POST":
+            self._drain(cap)  # read (up to cap) so that the client gets the answer rather than a reset
         self.device.log({"client": self.client_address[0], "path": urlsplit(self.path).path, "status": status,
-                    "error": message, **(record or {})})
-        self._send(status, {"error": message}, close=not kept)
+                         "error": message, **(record or {})})
+        self._send(status, {"error": message}, close=True)  # after an error nothing more is read on this connection
 
     def _guarded(self, handle: Callable[[], None]) -> None:
         try:
@@ -276,13 +389,21 @@ class _Handler(BaseHTTPRequestHandler):
         raw = ctype != "application/json"
         if length > self.device.max_body(raw):
             return self._refuse(413, f"body of {length} bytes is more than this server's {self.device.max_body(raw)}")
-        body = self.rfile.read(length)
+        body = self._read_body(length)
+        if body is None:
+            self.device.log({"client": self.client_address[0], "path": url.path, "status": 408, "error": "body not sent in time"})
+            return self._send(408, {"error": "the body did not arrive in time; send it at once"}, close=True)
         try:
             job = job_from_query(body, parse_qs(url.query), self.device.options.max_model_bytes) if raw \
                 else job_from_json(body, self.device.options.max_model_bytes)
         except JobError as e:
             self.device.log({"client": self.client_address[0], "path": url.path, "status": e.status, "error": str(e)})
-            return self._send(e.status, {"error": str(e)})
+            return self._send(e.status, {"error": str(e)}, close=True)
+        cores = os.cpu_count() or 1
+        if job.threads > cores:  # more threads than cores time nothing but contention, and hold the one job slot
+            message = f"threads: at most {cores} on this device (its logical CPUs), got {job.threads}"
+            self.device.log({"client": self.client_address[0], "path": url.path, "status": 422, "error": message})
+            return self._send(422, {"error": message}, close=True)
         status, answer = self.device.submit(job)
         record: Dict[str, Any] = {"client": self.client_address[0], "path": url.path, "status": status,
                                   "model_sha256": answer.get("model_sha256") or [hashlib.sha256(m).hexdigest() for m in job.models],
@@ -296,4 +417,4 @@ class _Handler(BaseHTTPRequestHandler):
         self.device.announce(f"job {self.device.jobs}: {status} {'x'.join(map(str, job.shapes[0]))} "
                         + (f"median {record['median_ms'][0]:.3g} ms ({answer['elapsed_s']:.1f} s)" if status == 200
                            else str(answer.get('error'))))
-        self._send(status, answer)
+        self._send(status, answer, close=status != 200)
