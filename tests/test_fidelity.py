@@ -141,3 +141,81 @@ def test_the_committed_glyphs_study_reports_ranks_within_resolution_and_tokens()
         assert {"tau_within_resolution", "tau_within_tokens", "top_quarter_at_chance"} <= set(v)
     chosen = result["chosen_within_resolution"]
     assert chosen["passed_bar"] and result["signals"][chosen["name"]]["tau_within_resolution_ci"][0] > 0
+
+
+def _hand_study(tmp_path, refs, *, extra_lines=()):
+    """A 4-spec study on disk whose reference top-1 per (spec, seed) is ``refs[i]`` and whose zero-cost units score
+    each spec by its index; ``extra_lines`` are appended to runs.jsonl as they are (bytes or str)."""
+    from archsearch.fidelity.plan import FidelityPlan, plan_units, write_specs
+
+    from .conftest import TINY
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "space.yaml").write_text(TINY)
+    plan = FidelityPlan(space=str(tmp_path / "space.yaml"), n=4, n_holdout=0, long_steps=20, short_steps=(10,), n_scaling=0,
+                        train=TrainProxyConfig(data="fashion-mnist", resolution=32))
+    out = tmp_path / "study"
+    specs = write_specs(plan, out)
+    lines = []
+    for u in plan_units(plan, specs, kinds=("train", "zero_cost")):
+        i = u["index"]
+        if u["kind"] == "train":
+            top1 = refs[i][plan.reference_seeds.index(u["seed"])] if u["steps"] == plan.long_steps else 0.2 + 0.01 * i
+            result = {"val_top1": top1, "val_loss": 1.0, "loss_sum": 10.0 - i, "train_loss": 1.0, "history": [], "seconds": 1.0,
+                      "trained_spec_hash": "x"}
+        else:
+            result = {**{n: float(i) for n in ("synflow", "naswot", "grad_norm", "snip")},
+                      **{f"{n}_seconds": 0.1 for n in ("synflow", "naswot", "grad_norm", "snip")},
+                      "params": 100 + i, "macs": 1000 + i, "complexity_seconds": 0.1}
+        lines.append(json.dumps({**u, "result": result, "wall_s": 1.0, "device": "cpu:test"}).encode())
+    (out / "runs.jsonl").write_bytes(b"\n".join([*lines, *(x if isinstance(x, bytes) else x.encode() for x in extra_lines)]) + b"\n")
+    return out
+
+
+def test_seeds_that_disagree_choose_nothing_and_say_so(tmp_path, capsys):
+    # Seed 0 ranks the specs one way, seed 1 the other: noise ceiling -1, a bar of -0.8 would pass anything.
+    out = _hand_study(tmp_path, [(0.1, 0.4), (0.2, 0.3), (0.3, 0.2), (0.4, 0.1)])
+    result = stats.analyse(out)
+    assert result["noise_ceiling_tau"] < 0
+    assert result["chosen"]["name"] is None and not result["chosen"]["passed_bar"] and result["chosen"]["judged"] is False
+    from archsearch.fidelity.report import write_report
+
+    assert "Nothing can be chosen" in write_report(result, out).read_text()
+
+
+@pytest.mark.parametrize("line, why", [
+    ('{"id": "train:999", "kind": "train", "index": 0, "result": {"val_top1": NaN}}', "val_top1 is 'nan'"),
+    (b'\xff\xfe not utf-8', "not JSON"),
+    ('"just a string"', "not a unit's record"),
+    ('42', "not a unit's record"),
+    ('{"id": "x", "kind": "train", "index": 0, "result": {"val_top1": "high"}}', "val_top1 is 'high'"),
+])
+def test_a_hand_edited_runs_file_is_read_line_by_line_and_its_bad_lines_named(tmp_path, line, why):
+    refs = [(0.1, 0.12), (0.2, 0.22), (0.3, 0.28), (0.4, 0.41)]
+    clean = stats.analyse(_hand_study(tmp_path / "a", refs))
+    result = stats.analyse(_hand_study(tmp_path / "b", refs, extra_lines=[line]))
+    assert result["noise_ceiling_tau"] == clean["noise_ceiling_tau"] and result["signals"] == clean["signals"]
+    assert len(result["skipped_lines"]) == 1 and why in result["skipped_lines"][0]
+
+
+def test_a_nan_reference_is_no_value_its_unit_runs_again(tmp_path):
+    from archsearch.fidelity.plan import done_ids
+
+    out = _hand_study(tmp_path, [(0.1, 0.12), (0.2, 0.22), (0.3, 0.28), (0.4, 0.41)])
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["result"]["val_top1"] = float("nan")
+    (out / "runs.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    assert first["id"] not in done_ids(out)
+    result = stats.analyse(out)
+    assert result["n_specs"] == 3 and result["skipped_lines"]
+
+
+def test_a_damaged_specs_file_is_one_line(tmp_path, capsys):
+    out = _hand_study(tmp_path, [(0.1, 0.12), (0.2, 0.22), (0.3, 0.28), (0.4, 0.41)])
+    (out / "specs.json").write_text('{"plan": {"n": 4, "spec')
+    from archsearch.cli import main
+
+    assert main(["proxy-fidelity", str(tmp_path / "space.yaml"), "--out", str(out), "--analyse-only"]) == 2
+    err = capsys.readouterr().err
+    assert "specs.json is damaged" in err and "Traceback" not in err

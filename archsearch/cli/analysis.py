@@ -182,6 +182,10 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
                                     deadline_s=args.deadline_s, analyse_only=args.analyse_only, progress=show)
     path = result["report"]
     ch = result["chosen"]
+    if ch.get("judged") is False:
+        _warn(f"noise ceiling tau {result['noise_ceiling_tau']} on {result['n_specs']} specs: the reference seeds do not "
+              f"agree, so no signal is chosen (train the references longer or use more specs) -> {path}")
+        return 0
     _out.print(f"{result['n_specs']} specs, noise ceiling tau {result['noise_ceiling_tau']}; chosen {ch['name']} "
                f"(tau {ch['tau']}, hold-out {ch['tau_holdout']} on {ch['n_holdout']}) -> {path}")
     return 0

@@ -79,11 +79,25 @@ class FidelityPlan:
 
 # --- units -------------------------------------------------------------------------------------------
 
+def _stored(out: Path) -> dict:
+    """``specs.json``, or one line naming the file when it is damaged (never a JSON traceback)."""
+    path = Path(out) / SPECS_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict) or not isinstance(stored.get("specs"), list) or not isinstance(stored.get("plan"), dict):
+            raise ValueError("not a study's plan and specs")
+        FidelityPlan.from_dict(stored["plan"])
+        return stored
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ConfigError("--out", f"{path} is damaged ({str(e).splitlines()[0][:120]}); restore it (git checkout) "
+                                   "or start the study in another --out") from None
+
+
 def write_specs(plan: FidelityPlan, out: Path) -> List[ArchSpec]:
     """Draw the study's specs once and store them with the plan (an existing file is reused: resume)."""
     path = Path(out) / SPECS_FILE
     if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = _stored(out)
         if _identity(stored["plan"]) != _identity(json.loads(json.dumps(plan.to_dict()))):
             raise ConfigError("--out", f"{path} holds another plan; use another --out directory or the same options")
         return [ArchSpec.from_dict(s) for s in stored["specs"]]
@@ -110,13 +124,13 @@ def _identity(plan: dict) -> dict:
 
 
 def load_specs(out: Path) -> Tuple[FidelityPlan, List[ArchSpec]]:
-    stored = json.loads((Path(out) / SPECS_FILE).read_text(encoding="utf-8"))
+    stored = _stored(out)
     return FidelityPlan.from_dict(stored["plan"]), [ArchSpec.from_dict(s) for s in stored["specs"]]
 
 
 def load_resolutions(out: Path) -> List[Optional[int]]:
     """Each spec's sampled resolution (None for a study stored before resolutions were kept)."""
-    stored = json.loads((Path(out) / SPECS_FILE).read_text(encoding="utf-8"))
+    stored = _stored(out)
     return stored.get("resolutions") or [None] * len(stored["specs"])
 
 
@@ -173,11 +187,47 @@ def done_ids(out: Path) -> set:
     return {r["id"] for r in _collect(out) if "id" in r}
 
 def _collect(out: Path) -> List[dict]:
-    """Every finished unit's record in ``runs.jsonl``."""
-    rows = []
-    for line in (Path(out) / RUNS_FILE).read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+    """Every finished unit's record in ``runs.jsonl``: lines that are not one (cut short by a kill, hand-edited,
+    not UTF-8, a NaN or a word where a number belongs) are skipped, so that their units run again."""
+    return _read_runs(out)[0]
+
+
+#: What a unit's result holds as numbers (where present): a NaN or a word there is no result.
+_NUMBERS = ("val_top1", "val_loss", "loss_sum", "train_loss", "seconds", "cpu_s_per_step", "cpu_fixed_s", "params", "macs")
+
+
+def _why_not_a_unit(r: object) -> Optional[str]:
+    import math
+
+    if not isinstance(r, dict) or not isinstance(r.get("id"), str) or not isinstance(r.get("result"), dict):
+        return "not a unit's record"
+    if not isinstance(r.get("index"), int) or r.get("kind") not in ("train", "zero_cost", "cpu_cost"):
+        return "no unit kind or index"
+    for key, v in r["result"].items():
+        zero_cost = key in ("synflow", "naswot", "grad_norm", "snip")  # -inf is a score (naswot of a degenerate net)
+        if key in _NUMBERS or zero_cost:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or (not zero_cost and math.isinf(v)):
+                return f"{key} is {str(v)[:20]!r}, not a {'number' if zero_cost else 'finite number'}"
+    return None
+
+
+def _read_runs(out: Path) -> Tuple[List[dict], List[str]]:
+    """(the unit records, one note per skipped line)."""
+    rows, skipped = [], []
+    path = Path(out) / RUNS_FILE
+    if not path.exists():
+        return rows, skipped
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
             continue
-    return rows
+        try:
+            r = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            skipped.append(f"line {n}: not JSON (cut short, or not UTF-8)")
+            continue
+        why = _why_not_a_unit(r)
+        if why:
+            skipped.append(f"line {n}: {why}")
+            continue
+        rows.append(r)
+    return rows, skipped

@@ -73,6 +73,9 @@ def _head(result: dict) -> List[str]:
         f"# Proxy fidelity on `{result['space']}` ({result['n_specs']} specs + {ch['n_holdout']} held out)\n",
         f"Regenerate: `{result['command']}`. Every finished unit is in `runs.jsonl` (a rerun resumes from it); "
         f"devices: {', '.join(result['devices'])}.\n",
+        *([f"**{len(result['skipped_lines'])} lines of `runs.jsonl` were skipped** (not a unit's record: "
+           f"{'; '.join(result['skipped_lines'][:5])}); their units run again on the next run.\n"]
+          if result.get("skipped_lines") else []),
         *([] if result["complete"] else [
             f"**Status: incomplete.** {result['n_specs']} of {plan['n']} specs and {ch['n_holdout']} of "
             f"{plan['n_holdout']} hold-out specs have both reference runs ({result['units']} of "
@@ -116,7 +119,10 @@ def _choice(result: dict) -> List[str]:
         f"* **Noise ceiling** (Kendall tau between the two reference seeds): **{_fmt(result['noise_ceiling_tau'])}** "
         f"(95% bootstrap {result['noise_ceiling_ci']}).",
         f"* Bar: min(0.6, 0.8 x ceiling) = {_fmt(ch['bar'])}.",
-        (f"* **Chosen: `{ch['name']}`**, the cheapest signal at or above the bar (tau {_fmt(ch['tau'])})." if ch["passed_bar"] else
+        ("* **Nothing can be chosen: the two reference seeds do not agree** (noise ceiling not above 0), so no signal "
+         "can be judged against them. Train the references longer, or on more specs, before trusting any signal."
+         if ch.get("judged") is False and ch["name"] is None and result["n_specs"] >= _MIN_RANKED else
+         f"* **Chosen: `{ch['name']}`**, the cheapest signal at or above the bar (tau {_fmt(ch['tau'])})." if ch["passed_bar"] else
          f"* **No signal reached the bar.** The best was `{ch['name']}` (tau {_fmt(ch['tau'])}); the shipped searches use it."
          if ch["name"] is not None else
          f"* **No signal scored yet**: a rank correlation needs at least {_MIN_RANKED} specs with both references."),

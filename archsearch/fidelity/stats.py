@@ -3,13 +3,17 @@ bootstrap intervals, partial tau (params, MACs), the choice and its hold-out che
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, cast
 
 from ..options import ZERO_COST_NAMES
-from .plan import FidelityPlan, _collect, _sides, load_resolutions, load_specs, plan_units
+from .plan import FidelityPlan, _read_runs, _sides, load_resolutions, load_specs, plan_units
+
+
+_log = logging.getLogger("archsearch")
 
 
 def _kendall(x: Sequence[float], y: Sequence[float]) -> float:
@@ -223,7 +227,10 @@ def analyse(out: Path, *, command: str = "") -> dict:
     plan, specs = load_specs(out)
     resolutions = load_resolutions(out)
     sides = _sides(plan, None if resolutions[0] is None else resolutions, len(specs))
-    runs = _collect(out)
+    runs, skipped = _read_runs(out)
+    if skipped:
+        _log.warning(f"{out / 'runs.jsonl'}: {len(skipped)} lines skipped ({'; '.join(skipped[:3])}"
+                     f"{'; ...' if len(skipped) > 3 else ''}); their units run again on the next run")
     main_idx, hold_idx = range(plan.n), range(plan.n, plan.n + plan.n_holdout)
     ref, sig, cost = _signal_table(plan, runs, main_idx, sides)
     groups = _groups(specs, resolutions)
@@ -232,12 +239,14 @@ def analyse(out: Path, *, command: str = "") -> dict:
     ranked = len(common) >= _MIN_RANKED
     ceiling = round(_kendall(seeds[0], seeds[1]), 3) if ranked else float("nan")
     bar = round(min(0.6, 0.8 * ceiling), 3)
-    passing = sorted((v["cost_s"], n) for n, v in signals.items() if v["tau"] >= bar and v["cost_s"] is not None)
-    best = max(signals, key=lambda n: signals[n]["tau"]) if signals else None
+    # Seeds that do not agree leave nothing to rank against: a bar under 0 would pass a signal that ranks backwards.
+    judged = ranked and ceiling > 0
+    passing = sorted((v["cost_s"], n) for n, v in signals.items() if judged and v["tau"] >= bar and v["cost_s"] is not None)
+    best = max(signals, key=lambda n: signals[n]["tau"]) if signals and judged else None
     chosen_name = passing[0][1] if passing else best
     h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx, sides)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost, groups) if h_ref else ({}, [])
-    chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "tau": signals.get(chosen_name, {}).get("tau"),
+    chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "judged": judged, "tau": signals.get(chosen_name, {}).get("tau"),
               "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
               "n_holdout": len(h_common)}
     if len(h_common) >= _MIN_RANKED:
@@ -264,7 +273,7 @@ def analyse(out: Path, *, command: str = "") -> dict:
         "chosen_within_resolution": _choose_within(signals, ceilings.get("noise_ceiling_within_resolution")),
         "scaling": _scaling_subset(plan, runs),
         "devices": sorted({r["device"] for r in runs}),
-        "units": len(runs),
+        "units": len(runs), "skipped_lines": skipped,
         "units_planned": len(plan_units(plan, specs, resolutions=None if resolutions[0] is None else resolutions)),
         "complete": len(common) == plan.n and len(h_common) == plan.n_holdout,
     }
