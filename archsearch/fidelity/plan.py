@@ -213,7 +213,8 @@ def _why_not_a_unit(r: object) -> Optional[str]:
 
 def _read_runs(out: Path) -> Tuple[List[dict], List[str]]:
     """(the unit records, one note per skipped line)."""
-    rows, skipped = [], []
+    rows: List[dict] = []
+    skipped: List[str] = []
     path = Path(out) / RUNS_FILE
     if not path.exists():
         return rows, skipped
