@@ -18,7 +18,7 @@ from typing import Optional
 
 from .errors import ConfigError
 from .geometry import GEOMETRIES, ProxyGeometry
-from .spec import ArchSpec
+from .spec import MAX_RESOLUTION, ArchSpec
 
 __all__ = [
     "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "PREDICTOR_FIT", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
@@ -51,6 +51,16 @@ def _require(obj, lo: int, *keys: str) -> None:
     for key in keys:
         if getattr(obj, key) < lo:
             raise ConfigError(key, f"must be >= {lo}, got {getattr(obj, key)}")
+
+
+def _at_most(obj, hi: int, *keys: str) -> None:
+    for key in keys:
+        if getattr(obj, key) > hi:
+            raise ConfigError(key, f"must be <= {hi}, got {getattr(obj, key)}")
+
+
+#: The most images a proxy's data set may hold (memory is checked as well, before the images are made).
+MAX_IMAGES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,7 @@ class ScalingRule:
         if self.resolution_scale is not None and not 0 < self.resolution_scale <= 4:
             raise ConfigError("resolution_scale", f"must be within (0, 4], got {self.resolution_scale}")
         _require(self, 8, "min_side")
+        _at_most(self, MAX_RESOLUTION, "min_side")
         if self.max_depth is not None and self.max_depth < 1:
             raise ConfigError("max_depth", f"must be >= 1, got {self.max_depth}")
         _require(self, 1, "round_to")
@@ -210,6 +221,7 @@ class ProxyConfig(ScalingRule, DataRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, 1, "resolution", "batch_size", "num_classes")
+        _at_most(self, MAX_RESOLUTION, "resolution")
 
     def for_candidate(self, resolution: Optional[int]) -> "ProxyConfig":
         return _for_candidate(self, resolution)
@@ -240,6 +252,8 @@ class TrainProxyConfig(ScalingRule, DataRule):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, 1, "resolution", "steps", "batch_size", "train_size", "val_size", "devices")
+        _at_most(self, MAX_RESOLUTION, "resolution")
+        _at_most(self, MAX_IMAGES, "train_size", "val_size")
         if self.val_every is not None:
             _require(self, 1, "val_every")
         if self.data == "noise" or not self.data.strip():

@@ -300,8 +300,16 @@ assert sorted(DATA_SETS) == sorted(DATA_SET_NAMES)
 
 
 def load_data(cfg, train_size: int, val_size: int) -> Tuple[Dataset, Dataset, int]:
-    """``(train, val, num_classes)`` for a proxy config (its ``data``, ``data_root``, ``resolution``, ...)."""
+    """``(train, val, num_classes)`` for a proxy config (its ``data``, ``data_root``, ``resolution``, ...); sets that
+    would not fit in memory are refused before anything is allocated."""
     if cfg.data in DATA_SETS:
+        from ..build import memory_limit_bytes
+
+        need, limit = (train_size + val_size) * cfg.resolution ** 2, memory_limit_bytes()  # one uint8 byte a pixel
+        if need > limit:
+            raise ConfigError("train_size" if train_size >= val_size else "val_size",
+                              f"{train_size} + {val_size} images at {cfg.resolution} px need about {need / 2**30:.1f} GB, "
+                              f"more than the {limit / 2**30:.1f} GB allowed here (ARCHSEARCH_MAX_MEMORY_GB)")
         train, val = DATA_SETS[cfg.data](cfg, train_size, val_size)
         return train, val, 10
     root = Path(cfg.data)

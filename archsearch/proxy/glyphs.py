@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -165,8 +166,8 @@ def _images(task: GlyphTask, split: str, side: int, n: int) -> Tuple[np.ndarray,
                 images, labels = z["images"], z["labels"]
             if images.shape == (n, side, side) and labels.shape == (n,):
                 return images, labels
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a damaged or cut-short file is rendered again and replaced
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # a damaged or cut-short file is a missing one: rendered again and replaced (atomically, below)
     start = time.perf_counter()
     images = np.empty((n, side, side), dtype=np.uint8)
     labels = np.empty(n, dtype=np.int64)
@@ -175,12 +176,20 @@ def _images(task: GlyphTask, split: str, side: int, n: int) -> Tuple[np.ndarray,
             _interrupts.check()
         images[i], labels[i] = render_scene(task, split, i, side)
     took = time.perf_counter() - start
-    _log.info("rendered %d glyph scenes at %d px in %.1f s (%.2f ms each); cached in %s", n, side, took,
-              1000 * took / n, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, images=images, labels=labels)
+        tmp.replace(path)
+        where = f"cached in {path}"
+    except OSError as e:  # a read-only or full cache: the images are in memory, the run goes on without caching
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        where = "not cached"
+        _log.warning(f"cannot cache glyph scenes in {path.parent} ({e.strerror or type(e).__name__}); going on without the cache")
+    _log.info("rendered %d glyph scenes at %d px in %.1f s (%.2f ms each); %s", n, side, took, 1000 * took / n, where)
     return images, labels
 
 
