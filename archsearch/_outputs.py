@@ -20,7 +20,14 @@ from .errors import ConfigError
 __all__ = ["MANIFEST", "md_text", "prepare_output_dir", "record_outputs", "save_figure", "write_atomic"]
 
 MANIFEST = ".archsearch-outputs.json"
-KINDS = ("pareto", "sample", "report")
+KINDS = ("pareto", "sample", "report", "ablate")
+#: Files each kind always writes: checked before anything runs, so a user's own ``report.md`` is never replaced.
+KIND_FILES = {"pareto": ("pareto.csv", "pareto.md", "pareto.png"), "report": ("report.md",),
+              "ablate": ("results.csv", "results.json", "ablation.json")}
+
+#: Per output directory prepared in this process: files there that no archsearch run wrote (no manifest lists
+#: them). :func:`write_atomic` never replaces one; a run that would is refused in one line.
+_FOREIGN: Dict[Path, set] = {}
 
 
 def _manifest(out: Path) -> Dict[str, List[str]]:
@@ -31,9 +38,26 @@ def _manifest(out: Path) -> Dict[str, List[str]]:
         return {}
 
 
+def _owned(out: Path, manifest: Dict[str, List[str]]) -> set:
+    """Names some archsearch run wrote in ``out``: its manifest, and an ablation written before manifests existed."""
+    names = {n for v in manifest.values() for n in v}
+    if "ablate" not in manifest and (out / "ablation.json").is_file():
+        try:
+            legacy = json.loads((out / "ablation.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            legacy = None
+        if isinstance(legacy, dict) and str(legacy.get("command", "")).startswith("archsearch ablate"):
+            names |= set(KIND_FILES["ablate"])
+    return names
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write ``path`` through a temporary file in the same directory and a rename; an error names the path."""
+    """Write ``path`` through a temporary file in the same directory and a rename; an error names the path. A file
+    of the user's own in a prepared output directory is never replaced (one line instead)."""
     path = Path(path)
+    if path.name in _FOREIGN.get(path.parent.resolve(), ()) and path.exists():
+        raise ConfigError("--out", f"{path} exists and no archsearch run wrote it; it is left as it is (move it, or "
+                                   "choose another directory)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if isinstance(data, bytes):
@@ -71,6 +95,15 @@ def prepare_output_dir(out: Path | str, kind: str, *, overwrite: bool = False, o
             raise ConfigError(option, f"{out} is not empty ({shown}); choose an empty directory or pass --overwrite")
         if overwrite:
             manifest = _manifest(out)
+            owned = _owned(out, manifest)
+            foreign = {n for n in present if n not in owned}
+            clash = [n for n in KIND_FILES.get(kind, ()) if n in foreign]
+            if clash:
+                raise ConfigError(option, f"{out / clash[0]} is not from an earlier `{kind}` run; --overwrite replaces only "
+                                          "what archsearch wrote there (move it, or choose another directory)")
+            _FOREIGN[out.resolve()] = foreign
+            if "ablate" not in manifest and kind == "ablate" and owned & set(KIND_FILES["ablate"]):
+                manifest["ablate"] = list(KIND_FILES["ablate"])  # an ablation from before manifests: its own files
             for name in manifest.pop(kind, []):
                 p = out / name
                 if p.parent == out and (p.is_file() or p.is_symlink()):

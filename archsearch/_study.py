@@ -108,7 +108,10 @@ def conditions(cfg: TrialsConfig, metric_names: Sequence[str]) -> dict:
     lat = {k: v for k, v in dataclasses.asdict(m.latency).items() if k not in precision}
     place = ("data_root", "accelerator", "devices", "progress_bar")  # where it runs, not what it measures
     out: dict = {"constraints": [dataclasses.asdict(c) for c in cfg.constraints],
-                 "fidelity": dataclasses.asdict(cfg.fidelity) if cfg.fidelity else None}
+                 "fidelity": dataclasses.asdict(cfg.fidelity) if cfg.fidelity else None,
+                 # Another sampler, seed or population draws another sequence of trials: two searches mixed in one
+                 # study would look like one. It is a new study (a new study_name); n_trials may grow on resume.
+                 "sampler": dataclasses.asdict(cfg.sampler)}
     if families & {"latency", "ttft", "predicted_latency", "predicted_ttft"}:
         out["measure.latency"] = lat
     if families & {"ttft", "predicted_ttft"}:
@@ -129,7 +132,7 @@ def check_conditions(study: optuna.Study, cfg: TrialsConfig, mine: dict) -> None
         return
     for key in sorted(set(stored) | set(mine)):
         old, new = stored.get(key), mine.get(key)
-        if old == new:
+        if old == new or (key == "sampler" and key not in stored):  # stored before the sampler was part of a study
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             sub = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))

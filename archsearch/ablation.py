@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import csv
+import io
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from omegaconf import MISSING
 
 from ._config import from_data, read_yaml, resolve_relative
 from .errors import ConfigError
+from ._outputs import KIND_FILES, prepare_output_dir, record_outputs, write_atomic
 from .metrics import OBJECTIVES, Measurer, parse_metrics
 from .options import ZERO_COST_NAMES, MeasureOptions
 from .progress import UnitEvent
@@ -172,16 +174,17 @@ def run_ablation(
     command: str = "",
     on_row: Optional[Callable[[UnitEvent], None]] = None,
     warn: Optional[Callable[[str], None]] = None,
+    overwrite: bool = False,
 ) -> List[dict]:
-    """Measure every (variant, resolution); write ``results.csv``, ``results.json`` and ``ablation.json``."""
+    """Measure every (variant, resolution); write ``results.csv``, ``results.json`` and ``ablation.json`` into ``out``
+    (an empty directory, or with ``overwrite`` one whose files of an earlier ablation are replaced, no other)."""
     warn = warn or logging.getLogger("archsearch").warning
     specs = build_variants(cfg)
     metrics = parse_metrics(cfg.metrics)
     measurer = Measurer(cfg.measure)
     if "ttft" in metrics:
         _ = measurer.llm  # a bad LLM name fails before any measurement
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "ablate", overwrite=overwrite)
     tracker = Tracker(cfg.tracking, warn)
     parent = tracker.start_study(f"ablation:{cfg.name}", {"base": cfg.base, "metrics": ",".join(metrics),
                                                           "resolutions": ",".join(map(str, cfg.resolutions))})
@@ -201,11 +204,12 @@ def run_ablation(
                 on_row(UnitEvent(len(rows), len(specs) * len(cfg.resolutions), f"{spec.name} @ {res} px",
                                  time.perf_counter() - start))
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.json").write_text(json.dumps(full, indent=1, default=str), encoding="utf-8")
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "results.csv", buf.getvalue())
+    write_atomic(out / "results.json", json.dumps(full, indent=1, default=str))
     meta = {
         "name": cfg.name, "description": cfg.description, "base": cfg.base, "metrics": metrics,
         "resolutions": cfg.resolutions, "variants": [{"name": s.name, "arch": s.code, "spec": s.to_dict(),
@@ -213,7 +217,8 @@ def run_ablation(
         "measure": asdict(cfg.measure), "command": command, "seconds": round(time.perf_counter() - start, 1),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    (out / "ablation.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    write_atomic(out / "ablation.json", json.dumps(meta, indent=1))
+    record_outputs(out, "ablate", KIND_FILES["ablate"])
     tracker.log_study_artifacts(parent, out)
     tracker.finish_study(parent)
     return rows

@@ -5,7 +5,7 @@ and keeps its traceback.
 """
 from __future__ import annotations
 
-__all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "MeasurementError", "mask_secrets"]
+__all__ = ["ArchsearchError", "ConfigError", "InvalidSample", "MeasurementError", "NothingToReport", "mask_secrets"]
 
 
 import re
@@ -33,6 +33,9 @@ def mask_secrets(text: str) -> str:
 
 class ArchsearchError(Exception):
     """Base class for errors caused by input (files, YAML, names, values), not by archsearch itself."""
+
+    #: The command line's exit status for it: 2, bad input.
+    exit_code = 2
 
 
 class ConfigError(ArchsearchError, ValueError):
@@ -64,3 +67,10 @@ class InvalidSample(ArchsearchError):
 class MeasurementError(ArchsearchError):
     """A measurement produced no usable number (a NaN: a training that diverged, a timing that failed); it is
     neither cached nor stored, and a search fails the trial with this message."""
+
+
+class NothingToReport(ArchsearchError):
+    """A report or a front of a study that has no complete trial: nothing is written (exit 1, as for a search
+    run that completed no trial)."""
+
+    exit_code = 1

@@ -70,6 +70,19 @@ def load_study(name: str, storage: str) -> optuna.Study:
         raise ConfigError("storage", f"cannot open {storage}: {str(e).splitlines()[0][:200]}") from None
 
 
+def require_complete(study: optuna.Study) -> None:
+    """Refuse a front or a report of a study with no complete trial (before any output directory is touched)."""
+    from .errors import NothingToReport
+
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        states: dict = {}
+        for t in study.get_trials(deepcopy=False):
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        have = ", ".join(f"{n} {k.lower()}" for k, n in sorted(states.items())) or "no trials"
+        raise NothingToReport(f"study {study.study_name!r} has no complete trial ({have}): nothing to write; "
+                              "run or resume its search first")
+
+
 def pareto_rows(study: optuna.Study) -> List[ParetoRow]:
     directions = [d.name.lower() for d in study.directions]
     refs = study.user_attrs.get("references", [])

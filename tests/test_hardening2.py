@@ -240,6 +240,8 @@ LAT = [QUICKSTART, "tracking.enabled=false", "enqueue=[]", "objectives=[{name: p
     ("measure.latency.threads=2", "measure.latency.threads"),
     ("measure.latency.channels_last=true", "measure.latency.channels_last"),
     ("constraints=[{metric: tokens, max: 16}]", "constraints"),
+    ("sampler.seed=7", "sampler.seed"),  # two searches' trials would mix in one study
+    ("sampler.name=random", "sampler.name"),
 ])
 @pytest.mark.slow
 def test_a_study_resumed_under_other_conditions_is_refused(capsys, tmp_path, change, key):

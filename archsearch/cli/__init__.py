@@ -74,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.debug:
             # Errors are raised "from None" for a one-line message; the cause is still on __context__.
             traceback.print_exception(e.__context__ or e, file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (_interrupts.Terminated); the library says what it kept
         term = isinstance(e, _interrupts.Terminated)
         kept = getattr(e, "kept", "finished work is kept, rerun to resume")

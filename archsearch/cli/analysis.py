@@ -18,6 +18,7 @@ def _ablate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="directory for results.csv, results.json, ablation.json")
     p.add_argument("--quick", action="store_true", help="apply the file's `quick` overrides (a smoke test)")
     p.add_argument("--report", action="store_true", help="also write the Markdown report and plots into --out")
+    _overwrite_arg(p)
     _quiet_arg(p)
     _accept_overrides(p, "the ablation file")
 
@@ -28,12 +29,13 @@ def _ablate(args: argparse.Namespace) -> int:
 
     cfg = load_ablation(args.ablation, args.overrides, quick=args.quick)
     total = len(build_variants(cfg)) * len(cfg.resolutions)
+    # The regenerate command rewrites its own directory: it replaces what this ablation writes there, nothing else.
     command = " ".join(["archsearch ablate", args.ablation, "--out", args.out, *(["--quick"] if args.quick else []),
-                        *args.overrides])
+                        "--overwrite", *args.overrides])
     from .._display import UnitDisplay
 
     with UnitDisplay(_out, _err, title=cfg.name, total=total, quiet=args.quiet) as display:
-        rows = run_ablation(cfg, Path(args.out), command=command, on_row=display.unit, warn=_warn)
+        rows = run_ablation(cfg, Path(args.out), command=command, on_row=display.unit, warn=_warn, overwrite=args.overwrite)
     cols = [c for c in ("variant", "resolution", "tokens", "macs", "latency_ms", "latency_iqr_ms", "ttft_ms") if c in rows[0]]
     table = Table(title=f"ablation {cfg.name} -> {args.out}/results.csv")
     for c in cols:
@@ -67,9 +69,10 @@ def _report(args: argparse.Namespace) -> int:
         out = prepare_output_dir(args.out, "report", overwrite=args.overwrite or home)
         path = report_ablation(Path(args.target), out)
     else:
-        from ..pareto import load_study
+        from ..pareto import load_study, require_complete
 
         study = load_study(args.target, args.storage)
+        require_complete(study)
         path = report_study(study, prepare_output_dir(args.out, "report", overwrite=args.overwrite))
     _out.print(f"report: {path}")
     return 0

@@ -126,7 +126,10 @@ def _pareto(args: argparse.Namespace) -> int:
         from ..export._folder import parse_formats
 
         formats = parse_formats(args.export)  # refused before anything is written
+    from ..pareto import require_complete
+
     study = load_study(args.study, args.storage)
+    require_complete(study)
     rows = export_pareto(study, prepare_output_dir(args.out, "pareto", overwrite=args.overwrite))
     _out.print(f"{len(rows)} Pareto-optimal specs -> {args.out} (pareto.csv, pareto.md, pareto.png)")
     if formats:
