@@ -78,6 +78,43 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", metavar="STUDY", help="study name")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="Optuna storage URL (default %(default)s)")
+    p.add_argument("--out", required=True, help="directory for units.jsonl (resumable), verified.json, verified.md, verified.png")
+    p.add_argument("--seeds", nargs="+", default=["0", "1"], help="training seeds, at least 2 (default 0 1)")
+    p.add_argument("--reference", action="append", default=[], metavar="NAME@RES",
+                   help="a reference to train beside the front (repeatable; default: the study's references)")
+    p.add_argument("--tracking-uri", default=None, help="log the result under the study's MLflow run at this URI")
+    _quiet_arg(p)
+    _accept_overrides(p, "the training setting (archsearch.options.TrainProxyConfig fields), e.g. steps=300 data=glyphs")
+
+
+@_command("verify", "train a study's Pareto front and its references to check what the search believed", _verify_args)
+def _verify(args: argparse.Namespace) -> int:
+    from ..fidelity.verify import parse_reference, setting_from, verify_front
+    from ..pareto import load_study, require_complete
+
+    overrides = [*args.overrides, *(s for s in args.seeds if "=" in s)]  # KEY=VALUE right after --seeds lands there
+    try:
+        seeds = [int(s) for s in args.seeds if "=" not in s]
+    except ValueError:
+        raise ConfigError("--seeds", f"{' '.join(args.seeds)}: seeds are integers") from None
+    setting = setting_from(overrides)
+    refs = [parse_reference(r) for r in args.reference]
+    study = load_study(args.study, args.storage)
+    require_complete(study)
+
+    def unit(k: int, n: int, what: str, top1: float) -> None:
+        if not args.quiet:
+            _out.print(f"[{k}/{n}] {what}: top-1 {top1:.3f}")
+
+    result = verify_front(study, Path(args.out), setting, seeds, references=refs, on_unit=unit, tracking_uri=args.tracking_uri)
+    _out.print(f"{len(result['members'])} front members verified ({result['n_at_chance']} at chance, "
+               f"{result['n_dominated']} dominated), {len(result['references'])} references -> {args.out}/verified.json")
+    return 0
+
+
 _PLAN_FLAGS = {
     "-n": ("plan", "n", int), "--holdout": ("plan", "n_holdout", int), "--seed": ("plan", "draw_seed", int),
     "--data": ("train", "data", str), "--resolution": ("train", "resolution", int), "--max-depth": ("train", "max_depth", int),
