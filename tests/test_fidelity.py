@@ -219,3 +219,19 @@ def test_a_damaged_specs_file_is_one_line(tmp_path, capsys):
     assert main(["proxy-fidelity", str(tmp_path / "space.yaml"), "--out", str(out), "--analyse-only"]) == 2
     err = capsys.readouterr().err
     assert "specs.json is damaged" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_bootstrap_interval_agrees_with_scipy_s_percentile_bootstrap(seed):
+    """The hand-written paired bootstrap (kept so that committed reports stay reproducible) against scipy's own."""
+    import numpy as np
+    from scipy.stats import bootstrap, kendalltau
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=30)
+    y = 0.6 * x + rng.normal(size=30)
+    ours = stats._bootstrap_tau(x, y, n_boot=4000, seed=seed)
+    ref = bootstrap((x, y), lambda a, b: kendalltau(a, b).statistic, paired=True, vectorized=False, n_resamples=4000,
+                    method="percentile", random_state=np.random.default_rng(seed + 100)).confidence_interval
+    assert abs(ours[0] - ref.low) < 0.05 and abs(ours[1] - ref.high) < 0.05, (ours, ref)
+    assert stats._kendall(x, y) == pytest.approx(kendalltau(x, y).statistic)
