@@ -106,7 +106,7 @@ def conditions(cfg: TrialsConfig, metric_names: Sequence[str]) -> dict:
     families = {metric_of(n) for n in metric_names}
     precision = ("warmup", "repeats", "time_budget_s", "max_cv", "noisy_retries")  # how precisely, not what
     lat = {k: v for k, v in dataclasses.asdict(m.latency).items() if k not in precision}
-    place = ("data_root", "accelerator", "devices", "progress_bar")  # where it runs, not what it measures
+    place = ("data_root", "accelerator", "devices", "progress_bar", "data_workers")  # where it runs, not what it measures
     out: dict = {"constraints": [dataclasses.asdict(c) for c in cfg.constraints],
                  "fidelity": dataclasses.asdict(cfg.fidelity) if cfg.fidelity else None,
                  # Another sampler, seed or population draws another sequence of trials: two searches mixed in one

@@ -248,10 +248,14 @@ class TrainProxyConfig(ScalingRule, DataRule):
     accelerator: str = "cpu"
     devices: int = 1
     progress_bar: bool = False
+    #: DataLoader worker processes (0: load in the training process); where data is rendered as a stream (glyphs at
+    #: GPU sides), they render while the accelerator trains. How data is loaded, not what: not in the cache key.
+    data_workers: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, 1, "resolution", "steps", "batch_size", "train_size", "val_size", "devices")
+        _require(self, 0, "data_workers")
         _at_most(self, MAX_RESOLUTION, "resolution")
         _at_most(self, MAX_IMAGES, "train_size", "val_size")
         if self.val_every is not None:
@@ -267,6 +271,7 @@ class TrainProxyConfig(ScalingRule, DataRule):
         """What decides a training's numbers (not how it is displayed)."""
         d = asdict(self)
         d.pop("progress_bar")
+        d.pop("data_workers")
         return d
 
 

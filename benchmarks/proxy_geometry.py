@@ -74,7 +74,8 @@ def base_config(args, geometry: str):
     return TrainProxyConfig(data="glyphs", geometry="copy" if full else geometry, steps=args.steps, batch_size=args.batch_size,
                             lr=args.lr, train_size=args.train_size, val_size=args.val_size, val_every=args.steps,
                             width_mult=1.0 if full else args.width_mult, max_depth=None if full else args.max_depth,
-                            resolution_scale=1.0 if full else None, accelerator=args.accelerator)
+                            resolution_scale=1.0 if full else None, accelerator=args.accelerator,
+                            data_workers=args.data_workers)
 
 
 def units(args, specs: dict) -> list:
@@ -94,15 +95,16 @@ def _key(label: str, geometry: str, seed: int) -> str:
     return f"{label}:{geometry}:seed{seed}"
 
 
-def done(log: Path) -> dict:
+def done(out: Path) -> dict:
+    """Every finished unit in ``out/runs*.jsonl`` (one file per process that ran units: GPU shards write their own)."""
     runs = {}
-    if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
+    for log in sorted(Path(out).glob("runs*.jsonl")):
+        for raw in log.read_bytes().splitlines():
             try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
+                r = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
                 continue  # a line cut short by a kill: that unit runs again
-            if isinstance(r, dict) and "key" in r:
+            if isinstance(r, dict) and "key" in r and isinstance(r.get("val_top1"), (int, float)):
                 runs[r["key"]] = r
     return runs
 
@@ -115,9 +117,10 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "runs.jsonl"
+    log = Path(args.runs) if args.runs else out / "runs.jsonl"
     specs, by_label = variants(), {label: (variant, res) for label, variant, res in SPECS}
-    todo = [u for u in units(args, specs) if _key(*u) not in done(log)]
+    k_shard, n_shards = (int(x) for x in args.shard.split("/"))
+    todo = [u for i, u in enumerate(units(args, specs)) if i % n_shards == k_shard and _key(*u) not in done(out)]
     deadline = time.monotonic() + args.deadline_s if args.deadline_s else None
     for k, (label, geometry, seed) in enumerate(todo, 1):
         if deadline is not None and time.monotonic() > deadline:
@@ -156,13 +159,18 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--deadline-s", type=float, default=0.0, help="stop starting units after this many seconds (0: none)")
+    p.add_argument("--data-workers", type=int, default=0, help="DataLoader processes rendering scenes (GPU tier)")
+    p.add_argument("--shard", default="0/1", help="K/N: run every N-th unit from the K-th (processes sharing one GPU)")
+    p.add_argument("--runs", default=None, help="the file this process appends to (default OUT/runs.jsonl)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="run units only (a shard; report where all are gathered)")
     args = p.parse_args(argv)
     if not args.report_only:
         run(args)
-    from proxy_geometry_report import write  # noqa: E402 - benchmarks/ is on the path when run as a script
+    if not args.no_report:
+        from proxy_geometry_report import write  # noqa: E402 - benchmarks/ is on the path when run as a script
 
-    write(Path(args.out), command=_command(args))
+        write(Path(args.out), command=_command(args))
     return 0
 
 

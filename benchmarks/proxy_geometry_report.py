@@ -100,7 +100,7 @@ def _verdicts(specs: List[dict]) -> List[dict]:
 
 
 def analyse(out: Path) -> dict:
-    runs = sorted(done(out / "runs.jsonl").values(), key=lambda r: r["key"])
+    runs = sorted(done(out).values(), key=lambda r: r["key"])
     specs = _specs(runs)
     return {"reference": REFERENCE, "chance": CHANCE, "geometries": _geometries(runs),
             "specs": specs, "rank_consistency": _rank_consistency(specs, REFERENCE),

@@ -113,7 +113,7 @@ def write_specs(plan: FidelityPlan, out: Path) -> List[ArchSpec]:
 
 #: Training options a plan does not use to decide its numbers: the budgets and validation points come from
 #: the plan, the device and the data's location from the machine that runs a unit.
-_NOT_IDENTITY = ("steps", "val_every", "data_root", "accelerator", "devices", "progress_bar")
+_NOT_IDENTITY = ("steps", "val_every", "data_root", "accelerator", "devices", "progress_bar", "data_workers")
 
 
 def _identity(plan: dict) -> dict:

@@ -193,17 +193,29 @@ def _images(task: GlyphTask, split: str, side: int, n: int) -> Tuple[np.ndarray,
     return images, labels
 
 
+#: Sets larger than this are rendered as a stream (each scene when it is read, never cached): 10,000 scenes at
+#: 1024 px are 10 GB. The images are the same either way: a scene is a function of (task, split, index, side).
+STREAM_BYTES = 1 << 30
+
+
 class Glyphs(Dataset):
-    """``n`` glyph scenes of ``split`` at ``side`` px, as 3-channel tensors normalised to mean 0."""
+    """``n`` glyph scenes of ``split`` at ``side`` px, as 3-channel tensors normalised to mean 0: from the disk cache,
+    or rendered per item when the set is larger than :data:`STREAM_BYTES` (use DataLoader workers to render them)."""
 
     num_classes = 10
 
     def __init__(self, n: int, *, side: int, split: str = "train", task: GlyphTask = GlyphTask()) -> None:
-        self.images, self.labels = _images(task, split, side, n)
+        self.n, self.side, self.split, self.task = n, side, split, task
+        self.stream = n * side * side > STREAM_BYTES
+        self.images, self.labels = (None, None) if self.stream else _images(task, split, side, n)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return self.n
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.images[i].astype(np.float32) / 255.0)
-        return ((x - 0.2) / 0.25).expand(3, -1, -1), int(self.labels[i])
+        if self.images is None:
+            image, label = render_scene(self.task, self.split, int(i), self.side)
+        else:
+            image, label = self.images[i], int(self.labels[i])
+        x = torch.from_numpy(image.astype(np.float32) / 255.0)
+        return ((x - 0.2) / 0.25).expand(3, -1, -1), int(label)

@@ -123,9 +123,10 @@ def train_proxy(spec: ArchSpec, config: Optional[TrainProxyConfig] = None, *, tr
                                         f"{cfg.batch_size}: no training step can be taken (lower batch_size or add images)")
     if len(val_set) == 0:
         raise ConfigError("data", "the validation data is empty")
+    workers = {"num_workers": cfg.data_workers, "persistent_workers": True} if cfg.data_workers else {}
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(cfg.seed), drop_last=True)
-    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
+                              generator=torch.Generator().manual_seed(cfg.seed), drop_last=True, **workers)
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), **workers)
     from ._lightning import Boundaries, ProxyModule
 
     boundaries = None if rungs is None else Boundaries(

@@ -68,5 +68,25 @@ def test_sizes_that_cannot_fit_are_refused_before_any_allocation(override, key):
 def test_a_data_set_larger_than_memory_is_refused_by_its_size(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHSEARCH_MAX_MEMORY_GB", "1")
     monkeypatch.setenv("ARCHSEARCH_CACHE_DIR", str(tmp_path))
-    result = run_cli(["proxy", "fastvit_t8", "--kind", "train", "--data", "glyphs", "--resolution", "512", "--steps", "1"])
+    # Fashion-MNIST is loaded into memory whole (glyph sets that large are rendered as a stream instead).
+    result = run_cli(["proxy", "fastvit_t8", "--kind", "train", "--data", "fashion-mnist", "--resolution", "512", "--steps", "1"])
     assert result.returncode == 2 and "GB allowed here" in result.stderr, result.stderr
+
+
+def test_a_set_too_large_to_cache_is_rendered_as_a_stream_with_the_same_images(cache, monkeypatch):
+    cached = Glyphs(4, side=32)
+    monkeypatch.setattr(glyphs, "STREAM_BYTES", 4 * 32 * 32 - 1)
+    streamed = Glyphs(4, side=32, split="train")
+    assert streamed.stream and not cached.stream and len(streamed) == 4
+    for i in range(4):
+        a, la = cached[i]
+        b, lb = streamed[i]
+        assert la == lb and bool((a == b).all())
+
+
+def test_data_workers_change_how_data_loads_not_the_cache_key():
+    from archsearch.options import TrainProxyConfig
+
+    assert TrainProxyConfig(data_workers=8).cache_key() == TrainProxyConfig().cache_key()
+    with pytest.raises(Exception, match="data_workers"):
+        TrainProxyConfig(data_workers=-1)
