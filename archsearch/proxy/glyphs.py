@@ -26,7 +26,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -207,13 +207,16 @@ class Glyphs(Dataset):
     def __init__(self, n: int, *, side: int, split: str = "train", task: GlyphTask = GlyphTask()) -> None:
         self.n, self.side, self.split, self.task = n, side, split, task
         self.stream = n * side * side > STREAM_BYTES
-        self.images, self.labels = (None, None) if self.stream else _images(task, split, side, n)
+        self.images: Optional[np.ndarray] = None
+        self.labels: Optional[np.ndarray] = None
+        if not self.stream:
+            self.images, self.labels = _images(task, split, side, n)
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, int]:
-        if self.images is None:
+        if self.images is None or self.labels is None:
             image, label = render_scene(self.task, self.split, int(i), self.side)
         else:
             image, label = self.images[i], int(self.labels[i])
