@@ -101,7 +101,8 @@ class SearchDisplay(_Live):
                               f"Pareto front: {e.front}"))
             lines.append(Text("last: " + trial_line(e)))
             if e.running_rungs:
-                lines.append(Text("running: " + ", ".join(f"trial {n} past rung {r}" for n, r in sorted(e.running_rungs.items()))))
+                lines.append(Text("running: " + ", ".join(f"trial {n} past rung {r}" for n,
+                                                          r in sorted(e.running_rungs.items()))))
         else:
             lines.append(Text(f"budget {self.budget} trials; waiting for the first to finish"))
         return Group(*lines)

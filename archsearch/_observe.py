@@ -51,7 +51,8 @@ def trial_event(study: optuna.Study, record: TrialRecord, *, objectives: Sequenc
     note = record.invalid_reason or record.error
     if record.stopped_at_rung:
         steps = record.rung_steps[-1] if record.rung_steps else None
-        note = f"stopped at rung {record.stopped_at} " + ("(the zero-cost screen: no training)" if steps == 0 else f"({steps} steps)")
+        note = f"stopped at rung {record.stopped_at} " + (
+            "(the zero-cost screen: no training)" if steps == 0 else f"({steps} steps)")
     elif record.rungs and full_steps is not None and record.state == "COMPLETE":
         note = f"trained to the full budget ({full_steps} steps)"
     running = {x.number: len(x.user_attrs[ATTR_RUNGS]) - 1 for x in trials

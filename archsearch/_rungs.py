@@ -238,7 +238,8 @@ def _stop(trial, values: dict, fidelity, at: int):
 
     trial.set_user_attr(ATTR_STOPPED_AT, at)
     trial.set_user_attr(ATTR_METRICS, values)
-    where = f"the {fidelity.screen} screen (no training)" if fidelity.steps[at] == 0 else f"rung {at} ({fidelity.steps[at]} steps)"
+    where = (f"the {fidelity.screen} screen (no training)" if fidelity.steps[at] == 0
+             else f"rung {at} ({fidelity.steps[at]} steps)")
     raise optuna.TrialPruned(f"stopped at {where}: not in the top 1/{fidelity.eta} there")
 
 

@@ -83,7 +83,8 @@ def open_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):
             return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s, grace_period=grace_s,
                               heartbeat_stale_trial_callback=retry_callback(max_retry))
     except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the user needs one line
-        raise ConfigError("storage", mask_secrets(f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")) from None
+        raise ConfigError("storage",
+                          mask_secrets(f"cannot open {url}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")) from None
 
 
 # --- worker liveness -------------------------------------------------------------------------------------------

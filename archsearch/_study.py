@@ -61,7 +61,8 @@ def open_study(cfg: TrialsConfig, url: str, *, seed: Optional[int] = None) -> op
             study = optuna.create_study(study_name=cfg.study, storage=storage, directions=directions,
                                         sampler=_sampler(cfg, seed), load_if_exists=True)
         except Exception as e:  # noqa: BLE001
-            raise ConfigError("storage", mask_secrets(f"cannot open study {cfg.study!r} in {url}: {str(e).splitlines()[0][:200]}")) from None
+            raise ConfigError("storage",
+                              mask_secrets(f"cannot open study {cfg.study!r} in {url}: {str(e).splitlines()[0][:200]}")) from None
         have = [d.name.lower() for d in study.directions]
         if have != directions:
             raise ConfigError("objectives", mask_secrets(f"study {cfg.study!r} already exists in {url} with directions "

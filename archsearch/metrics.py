@@ -168,7 +168,8 @@ class Measurer:
         if result["stopped_at"] is None:
             nan = nan_fields(result)
             if nan:
-                raise MeasurementError(f"train_rungs: {', '.join(nan)} came out NaN (a training that diverged?); nothing was stored")
+                raise MeasurementError(f"train_rungs: {', '.join(nan)} came out NaN (a training that diverged?); nothing was "
+                                       f"stored")
             self.cache.put(key, result)
         return result
 
@@ -186,7 +187,8 @@ class Measurer:
             _interrupts.check()
             if name in _SPEC_ONLY and not isinstance(spec, ArchSpec):
                 raise ConfigError("metrics", f"{name} works on a FastViT-family spec's structure; {spec.code} is a "
-                                             f"reference encoder (it has: {', '.join(m for m in METRICS if m not in _SPEC_ONLY)})")
+                                             f"reference encoder (it has: "
+                                             f"{', '.join(m for m in METRICS if m not in _SPEC_ONLY)})")
             row.update(METRICS[name].compute(self, spec, hw))
         return row
 
@@ -298,7 +300,8 @@ for _name in ZERO_COST_NAMES:
 
 
 def _train_conditions(r: dict) -> dict:
-    return {**r["config"], "input_side": r["config"]["resolution"], "seconds": r["seconds"], "trained_spec_hash": r["trained_spec_hash"], "history": r["history"]}
+    return {**r["config"], "input_side": r["config"]["resolution"], "seconds": r["seconds"],
+            "trained_spec_hash": r["trained_spec_hash"], "history": r["history"]}
 
 
 @_metric("train_top1", "validation top-1 after options.train.steps of training", train_top1="maximize")

@@ -21,7 +21,8 @@ from .geometry import GEOMETRIES, ProxyGeometry
 from .spec import MAX_RESOLUTION, ArchSpec
 
 __all__ = [
-    "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "PREDICTOR_FIT", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule", "LatencyConfig", "MeasureOptions",
+    "COUNTER_NAMES", "DATA_SET_NAMES", "DEFAULT_STORAGE", "PREDICTOR_FIT", "LATENCY_BACKEND_NAMES", "ZERO_COST_NAMES", "DataRule",
+    "LatencyConfig", "MeasureOptions",
     "ProxyConfig", "ScalingRule", "TrainProxyConfig",
 ]
 

@@ -116,7 +116,8 @@ def export_pareto(study: optuna.Study, out: Path, *, plot: bool = True) -> List[
     names = study.user_attrs.get("objectives") or [f"objective_{i}" for i in range(len(study.directions))]
     rows = pareto_rows(study)
     written: List[str] = []
-    header = ["trial", "arch", "resolution", "output_stride", "spec_hash", *names, "fastvithd_like", "dominates_references", "file"]
+    header = ["trial", "arch", "resolution", "output_stride", "spec_hash", *names, "fastvithd_like", "dominates_references",
+              "file"]
     table = []
     for r in rows:
         file = f"pareto_trial{r.number:04d}_{r.spec.spec_hash}.yaml"

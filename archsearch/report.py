@@ -123,7 +123,8 @@ def _line_plot(rows: List[dict], metric: str, ylabel: str, path: Path, *, err: O
     series: Dict[str, list] = {}
     for r in rows:
         if metric in r and r[metric] != "":
-            series.setdefault(r["variant"], []).append((int(r["resolution"]), float(r[metric]), float(r.get(err) or 0) if err else 0))
+            series.setdefault(r["variant"], []).append((int(r["resolution"]), float(r[metric]),
+                                                        float(r.get(err) or 0) if err else 0))
     if not series:
         return False
     plt = _plt()
@@ -200,7 +201,8 @@ def _accuracy_section(rows: List[dict], measure: dict) -> List[str]:
     setting = []
     if any(c in ("naswot", "synflow") for c, _, _ in cols):
         setting.append(f"zero-cost proxies on a copy with widths x{p.get('width_mult')}, depth cap {p.get('max_depth')}, "
-                       f"one batch of {p.get('batch_size')} `{md_text(p.get('data'))}` images at {side(p)} (seed {p.get('seed')})")
+                       f"one batch of {p.get('batch_size')} `{md_text(p.get('data'))}` images at {side(p)} (seed "
+                       f"{p.get('seed')})")
     if any(c.startswith("train_") for c, _, _ in cols):
         setting.append(f"training of a copy with widths x{t.get('width_mult')}, depth cap {t.get('max_depth')} on "
                        f"`{md_text(t.get('data'))}` at {side(t)} for {t.get('steps')} steps (batch {t.get('batch_size')}, "
@@ -255,12 +257,15 @@ def report_ablation(directory: Path, out: Path) -> Path:
           f"Regenerate: `{meta.get('command') or 'archsearch ablate ...'}` then `archsearch report {directory} --out {out}`",
           f"(measured {meta.get('date', '')}, {meta.get('seconds', '?')} s).", "", "## Variants", "",
           "| variant | arch | description |", "| --- | --- | --- |"]
-    md += [f"| {md_text(v['name'])} | {md_text(v.get('arch', ''))} | {md_text(v.get('description', ''))} |" for v in meta["variants"]]
+    md += [f"| {md_text(v['name'])} | {md_text(v.get('arch', ''))} | {md_text(v.get('description', ''))} |"
+           for v in meta["variants"]]
     m = meta.get("measure", {})
     lat = m.get("latency", m)
     md += ["", "## Results", "",
-           f"Latency: median of {lat.get('repeats')} runs after {lat.get('warmup')} warm-up, {rows[0].get('latency_backend', '')}, "
-           f"{rows[0].get('latency_threads', '')} threads, reparameterized, denormals flushed, batch 1 (IQR: interquartile range)."
+           f"Latency: median of {lat.get('repeats')} runs after {lat.get('warmup')} warm-up, "
+           f"{rows[0].get('latency_backend', '')}, "
+           f"{rows[0].get('latency_threads', '')} threads, reparameterized, denormals flushed, batch 1 (IQR: interquartile "
+           f"range)."
            if "latency_ms" in rows[0] else "",
            f"TTFT: encoder latency + {rows[0].get('llm', '')} prefill of the visual tokens + {rows[0].get('prompt_tokens', '')} "
            "prompt tokens, from the per-device fit of measured prefill times." if "ttft_ms" in rows[0] else "", "",

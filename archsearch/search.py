@@ -94,7 +94,8 @@ class SearchRunner:
         self.space: SearchSpace = load_space(cfg.resolve(cfg.space), cfg.space_overrides)
         self.measurer = Measurer(cfg.measure)
         self.evaluator = Evaluator(cfg, self.space, self.measurer, self.url)
-        self.references = [(load_spec(cfg.resolve(e.spec)), e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
+        self.references = [(load_spec(cfg.resolve(e.spec)),
+                            e.resolution or max(self.space.config.resolution)) for e in cfg.enqueue]
         seed = None if cfg.sampler.seed is None else cfg.sampler.seed + seed_offset
         self.study = open_study(cfg, self.url, seed=seed)
         # Before anything runs: a reopened study must be sampled from the same space, measured the same way.
@@ -146,7 +147,8 @@ class SearchRunner:
         self.states_here[record.state] = self.states_here.get(record.state, 0) + 1
         self.measured_here += record.has_result
         if record.state == "FAIL":
-            reason = record.error or self.evaluator.errors.pop(record.number, "") or "interrupted or failed outside the measurement"
+            reason = record.error or self.evaluator.errors.pop(record.number,
+                                                               "") or "interrupted or failed outside the measurement"
             self.last_error = reason.splitlines()[0]
             self.warn(f"trial {record.number} failed: {self.last_error}; the study goes on")
 

@@ -42,7 +42,8 @@ def main() -> None:
     for name, r in rows.items():
         by = r["macs_by_op"]
         other = ", ".join(f"{k} {g(v)}" for k, v in r["other_ops"].items()) or (
-            f"bias adds {g(r['bias_adds'])} (reported apart)" if name == "fast" else "bias adds (in total)" if name == "ptflops" else ""
+            (f"bias adds {g(r['bias_adds'])} (reported apart)" if name == "fast"
+             else "bias adds (in total)" if name == "ptflops" else "")
         )
         md.append(
             f"| {name} | {r['seconds']:.2f} | {g(r['macs'])} | {g(by['conv']) if by else '-'} | "

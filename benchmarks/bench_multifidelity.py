@@ -251,7 +251,8 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
     md = [f"### Multi-fidelity (rung) search vs plain search at {args.budget_s:.0f} s of wall clock each\n",
           f"Experiment `{Path(args.trials_file).name}` (overrides: {' '.join(overrides) or 'none'}); objectives "
           + ", ".join(f"{n} ({d})" for n, d in zip(first["objectives"], first["directions"]))
-          + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps{_screen_note(first)}. Fronts re-evaluated at the full "
+          + f"; rungs {first['rungs']['rungs'] if first.get('rungs') else '?'} steps{_screen_note(first)}. Fronts re-evaluated "
+          f"at the full "
           "training budget, normalised per seed over both fronts, reference point 1.1. Conditions: "
           + "; ".join(f"{m}: cores {first_of[m].get('cores')}, {first_of[m].get('torch_threads')} torch thread(s)"
                       for m in ("rungs", "plain")) + ".\n",
@@ -279,7 +280,8 @@ def _report(args: argparse.Namespace, overrides: list, done: dict) -> None:
         for m in ("rungs", "plain"):
             md.append(f"| {m} | " + " | ".join(f"{v:.3f}" for v in med_curve[m][3::4]) + " |")
         md += ["", f"Rung search first reaches plain search's final median hypervolume ({med['plain']:.4f}) at "
-               + (f"**{int(100 * reach)}%** of the budget." if reach is not None else "**no point of its budget**: it never does."),
+               + (f"**{int(100 * reach)}%** of the budget." if reach is not None else "**no point of its budget**: it never "
+                  "does."),
                "", f"![hypervolume against wall-clock]({_plot(args.name, grid, curves, med_curve, args.budget_s)})"]
     write(args.name, {"stamp": stamp(), "hypervolume": {f"{s}/{m}": v for (s, m), v in hv.items()}, "median": med,
                       "curve_fractions": grid, "median_curve": med_curve, "rungs_reach_plain_at": reach,

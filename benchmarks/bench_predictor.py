@@ -89,7 +89,8 @@ def main() -> None:
             row[key] = statistics.median(p[key] for p in row["passes"])
     ttft = _validate_ttft(args, cfg, evaluated, rows) if args.ttft else None
     data = {"stamp": stamp(), "resolution": args.resolution, "statistic": args.statistic, "spaces": [p.stem for p in spaces],
-            "fit_specs": args.fit, "entries": len(predictor.entries), "entries_before": entries_before, "seconds": round(time.perf_counter() - start),
+            "fit_specs": args.fit, "entries": len(predictor.entries), "entries_before": entries_before,
+            "seconds": round(time.perf_counter() - start),
             "threads": cfg.threads, "repeats": cfg.repeats, "warmup": cfg.warmup, "heap": heap_mode(cfg.retain_heap),
             "rows": rows, "scale": predictor.scale, "fit": predictor.fit, **({"ttft": ttft} if ttft else {})}
     heap = "_default_heap" if args.default_heap else ""
@@ -109,7 +110,8 @@ def _measure_passes(args: argparse.Namespace, predictor: LatencyPredictor, cfg: 
                 row.update(sum_rel=summed,
                            predicted_rel=predictor.predict_relative(c.spec, c.resolution),
                            calibration_probe_ms=predictor.probe_ms)
-                print(f"pass {n} {c.spec.code:28s} predicted {row['predicted_rel']:8.2f} measured {measured_rel:8.2f} probe units "
+                print(f"pass {n} {c.spec.code:28s} predicted {row['predicted_rel']:8.2f} measured {measured_rel:8.2f} probe "
+                      f"units "
                       f"({row['predicted_rel'] / measured_rel - 1:+.1%}); {measured:.1f} ms", flush=True)
             else:
                 lat = measure_latency(c.spec, c.resolution, cfg)
@@ -171,7 +173,8 @@ def _report(data: dict, name: str) -> None:
         f"at {data['resolution']} px\n",
         f"{_summary(errs)[0].upper()}{_summary(errs)[1:]}. Fit measured = {fit.get('scale', 1):.3g} x "
         f"sum^{fit.get('exponent', 1):.3f} on {data['fit_specs']} other specs; "
-        f"{'a fresh table' if not data.get('entries_before') else 'a table begun earlier'} of {data['entries']} block entries; {data['seconds']} s in all. Conditions: torch-cpu, {data['threads']} threads, median of "
+        f"{'a fresh table' if not data.get('entries_before') else 'a table begun earlier'} of {data['entries']} block entries; "
+        f"{data['seconds']} s in all. Conditions: torch-cpu, {data['threads']} threads, median of "
         f"{data['repeats']} after {data['warmup']} warm-up, heap {data['heap']}, the machine otherwise idle.\n",
     ]
     if relative:

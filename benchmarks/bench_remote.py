@@ -110,7 +110,8 @@ def _report(args: argparse.Namespace, log: Path, fingerprint: str) -> None:
         "overhead_s_max": max(overheads), "remote_fingerprint": fingerprint,
         "protocol": {"threads": args.threads, "warmup": 3, "repeats": args.repeats, "resolution": args.resolution},
     }
-    table = "\n".join(f"| {r['arch']} | {r['local_ms']:.1f} | {r['remote_ms']:.1f} | {r['ratio']:.3f} | {r['local_wall_s']:.2f} | "
+    table = "\n".join(f"| {r['arch']} | {r['local_ms']:.1f} | {r['remote_ms']:.1f} | {r['ratio']:.3f} | {r['local_wall_s']:.2f} "
+                      f"| "
                       f"{r['remote_wall_s']:.2f} | {r['overhead_s']:+.2f} |" for r in rows)
     md = f"""# Remote latency backend vs local ONNX Runtime
 

@@ -67,6 +67,10 @@ def main() -> None:
                "fixed_cost_per_rung_before_s": round(before, 3), "cost_per_boundary_now_s": round(now, 3),
                "fresh_call_s": fresh, "boundary_s": boundary, "step_s": step}
     first = rungs[0]
+    before_row = ("| **before**: fixed cost of each rung, at least (a fresh training call: data, build, Lightning, full "
+                  "validation; not its checkpoint reload and save)")
+    full = rungs[-1] * per_step + before
+    share_before, share_now = (first * per_step + before) / full, (first * per_step + now) / full
     md = f"""# What a rung costs besides its steps
 
 {args.spec} (quarter width, depth cap 4) on {args.data} at {args.side} px, batch 32, 4000 training / 500 validation
@@ -75,11 +79,11 @@ images (the multi-fidelity benchmark's training), one thread, {args.repeats} rou
 | | seconds |
 | --- | --- |
 | one training step (in the rung runs) | {per_step:.3f} |
-| **before**: fixed cost of each rung, at least (a fresh training call: data, build, Lightning, full validation; not its checkpoint reload and save) | **{before:.2f}** |
+{before_row} | **{before:.2f}** |
 | **now**: cost of a rung boundary (top-1 on 256 validation images, checkpoint write), timed inside the run | **{now:.2f}** |
 
-A {first}-step first rung cost {first * per_step + before:.1f} s before ({(first * per_step + before) / (rungs[-1] * per_step + before):.0%} of a
-{rungs[-1]}-step training) and {first * per_step + now:.1f} s now ({(first * per_step + now) / (rungs[-1] * per_step + before):.0%}); rungs {rungs}.
+A {first}-step first rung cost {first * per_step + before:.1f} s before ({share_before:.0%} of a
+{rungs[-1]}-step training) and {first * per_step + now:.1f} s now ({share_now:.0%}); rungs {rungs}.
 """
     _common.RESULTS = args.out.parent
     _common.write(args.out.name, {"stamp": _common.stamp(), "summary": summary}, md)

@@ -49,7 +49,8 @@ def main() -> None:
             feasible = [t for t in done if t.user_attrs["metrics"]["tokens"] <= 64]
             runs[(sampler, seed)] = {"values": [t.values for t in (feasible or done)], "n_complete": len(done),
                                      "n_feasible": len(feasible), "seconds": time.perf_counter() - t0}
-            print(sampler, seed, len(done), "complete", len(feasible), "feasible", f"{runs[(sampler, seed)]['seconds']:.0f} s", flush=True)
+            print(sampler, seed, len(done), "complete", len(feasible), "feasible", f"{runs[(sampler, seed)]['seconds']:.0f} s",
+                  flush=True)
     directions = [o.direction for o in cfg.objectives]
     sign = np.array([1.0 if d == "minimize" else -1.0 for d in directions])
     allv = np.array([v for r in runs.values() for v in r["values"]]) * sign

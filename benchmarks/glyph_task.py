@@ -187,7 +187,8 @@ def _questions(c: "_Cells") -> list:
     for res in c.resolutions("fastvithd_stride32"):
         a, b = c.mean("fastvithd", 2 * res), c.mean("fastvithd_stride32", res)
         if a is not None and b is not None:
-            lines.append(f"| {2 * res} | {res} | {c.first('fastvithd_stride32', res)['tokens']} | {c.fmt('fastvithd', 2 * res)} | "
+            lines.append(f"| {2 * res} | {res} | {c.first('fastvithd_stride32', res)['tokens']} | {c.fmt('fastvithd', 2 * res)} "
+                         f"| "
                          f"{c.fmt('fastvithd_stride32', res)} | {a - b:+.3f} | "
                          f"{_verdicts(c, a - b, ('fastvithd', 2 * res), ('fastvithd_stride32', res))} |")
     return lines
@@ -210,7 +211,8 @@ def report(args) -> Path:
     worst = max(spreads) if spreads else float("nan")
     lines = [
         "# The `glyphs` task: does accuracy see resolution and the extra downsampling stage?\n",
-        f"Regenerate: `{args.command} --seeds {' '.join(map(str, seeds))}` (resumes from `runs.jsonl`; `--report-only` rewrites this report). "
+        f"Regenerate: `{args.command} --seeds {' '.join(map(str, seeds))}` (resumes from `runs.jsonl`; `--report-only` rewrites "
+        f"this report). "
         f"Seeds {seeds}; {len(runs)} trainings.\n",
         f"Each training: the quarter-width copy (widths x{cfg['width_mult']}, depth cap {cfg['max_depth']}) on `glyphs`, "
         f"{cfg['steps']} steps, batch {cfg['batch_size']}, AdamW lr {cfg['lr']} (one-cycle), {cfg['train_size']} training "
@@ -263,7 +265,8 @@ def _two_seed_reference() -> list:
         lo, hi = r["reference_top1_range"]
         ci = r.get("noise_ceiling_ci") or [None, None]
         res, side = r.get("resolution_range"), r.get("input_side_range")
-        side_text = (f"{side[0]} px" if side[0] == side[1] else f"{side[0]}-{side[1]} px") if side else f"{r['plan']['train']['resolution']} px (fixed)"
+        side_text = ((f"{side[0]} px" if side[0] == side[1] else f"{side[0]}-{side[1]} px") if side
+                     else f"{r['plan']['train']['resolution']} px (fixed)")
         tau = r["noise_ceiling_tau"]
         lines.append(f"| {task} | {r['n_specs']} | {f'{res[0]}-{res[1]} px' if res else '-'} | "
                      f"{side_text} | "

@@ -175,7 +175,8 @@ def main(argv=None) -> int:
 
 
 def _command(args) -> str:
-    return (f"python benchmarks/proxy_geometry.py --out {os.path.relpath(args.out, ROOT)} --seeds {' '.join(map(str, args.seeds))} "
+    return (f"python benchmarks/proxy_geometry.py --out {os.path.relpath(args.out, ROOT)} --seeds "
+            f"{' '.join(map(str, args.seeds))} "
             f"--steps {args.steps} --batch-size {args.batch_size} --width-mult {args.width_mult} --max-depth {args.max_depth}")
 
 

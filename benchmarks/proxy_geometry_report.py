@@ -31,7 +31,8 @@ def _geometries(runs: List[dict]) -> dict:
             desc = dict(_FULL)
         steps = [r["s_per_step"] for r in mine]
         out[name] = {**desc, "seconds_per_step": round(statistics.median(steps), 3) if steps else None,
-                     "seconds_per_step_by_spec": {r["label"]: r["s_per_step"] for r in mine if r["seed"] == min(x["seed"] for x in mine)},
+                     "seconds_per_step_by_spec": {r["label"]: r["s_per_step"] for r in mine
+                                                  if r["seed"] == min(x["seed"] for x in mine)},
                      "device": sorted({r["device"] for r in mine}), "units": len(mine)}
     return out
 
@@ -116,10 +117,13 @@ def report(result: dict, command: str) -> str:
     lines = ["# Proxy geometry study", "",
              f"Regenerate and resume: `{command}` (`--report-only` rewrites this file and `geometry.json` from `runs.jsonl`).",
              f"Units finished: {result['units_done']} of {result['units_planned']} planned on this CPU tier.", "",
-             "## Geometries", "", "| geometry | input side | strides | seconds per step (median) | units |", "| --- | --- | --- | ---: | ---: |"]
+             "## Geometries", "", "| geometry | input side | strides | seconds per step (median) | units |",
+             "| --- | --- | --- | ---: | ---: |"]
     for name, g in result["geometries"].items():
-        lines.append(f"| {name} | {g['input_side_rule']} | {g.get('strides', 'kept')} | {_fmt(g['seconds_per_step'])} | {g['units']} |")
-    lines += ["", f"Reference: `{result['reference']}`. Chance is {result['chance']}.", "", "## Rank consistency against the reference", "",
+        lines.append(f"| {name} | {g['input_side_rule']} | {g.get('strides', 'kept')} | {_fmt(g['seconds_per_step'])} | "
+                     f"{g['units']} |")
+    lines += ["", f"Reference: `{result['reference']}`. Chance is {result['chance']}.", "",
+              "## Rank consistency against the reference", "",
               "| geometry | Kendall tau | 95% bootstrap | specs |", "| --- | ---: | --- | ---: |"]
     for g, rc in result["rank_consistency"].items():
         lines.append(f"| {g} | {_fmt(rc['tau'])} | {rc['tau_ci'] or '-'} | {rc['n_specs']} |")
@@ -131,10 +135,13 @@ def report(result: dict, command: str) -> str:
         for g, row in v["by_geometry"].items():
             lines.append(f"| {v['question']} | {g} | {row['stride64']} | {row['stride32']} | {row['difference']:+.3f} | "
                          f"{row['spread']:.3f} | {row['verdict']} |")
-    lines += ["", "## Specs", "", "| spec | stride | resolution | deployed grid | " + " | ".join(f"{g} (grid: top-1 per seed)" for g in result["geometries"]) + " |",
+    lines += ["", "## Specs", "",
+              "| spec | stride | resolution | deployed grid | "
+              + " | ".join(f"{g} (grid: top-1 per seed)" for g in result["geometries"]) + " |",
               "| --- | ---: | ---: | --- | " + " | ".join("---" for _ in result["geometries"]) + " |"]
     for s in result["specs"]:
-        cells = [f"{s['proxy_grid'].get(g, '-')}: {s['top1'].get(g, '-')}" if g in s["top1"] else "-" for g in result["geometries"]]
+        cells = [f"{s['proxy_grid'].get(g, '-')}: {s['top1'].get(g, '-')}" if g in s["top1"] else "-"
+                 for g in result["geometries"]]
         lines.append(f"| {s['label']} | {s['stride']} | {s['resolution']} | {s['deployed_grid']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

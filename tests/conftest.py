@@ -145,7 +145,9 @@ n_trials: {n_trials}
 storage: {storage or f'sqlite:///{tmp}/study.db'}
 enqueue: [{{spec: ref.yaml, resolution: 64}}]
 tracking: {track}
-measure: {{proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}, latency: {{threads: 1, warmup: 1, repeats: 3}}}}
+measure:
+  proxy: {{resolution: 32, batch_size: 8, width_mult: 1.0, data: noise}}
+  latency: {{threads: 1, warmup: 1, repeats: 3}}
 heartbeat_s: 1
 grace_s: 3
 {extra}

@@ -200,7 +200,8 @@ def test_search_prints_one_line_per_finished_trial_and_no_warnings(tmp_path):
 @pytest.mark.slow
 def test_ablate_prints_one_line_per_unit(tmp_path):
     proc = run_cli(["ablate", str(ROOT / "trials" / "ablate_downsampling.yaml"), "--out", str(tmp_path / "a"), "--quick",
-                    "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path, {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")})
+                    "tracking.enabled=false", "metrics=[tokens,macs]"], tmp_path,
+                    {"ARCHSEARCH_CACHE_DIR": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr
     assert [l.split("]")[0] for l in proc.stdout.splitlines() if l.startswith("[")] == [f"[{k}/6" for k in range(1, 7)]
 

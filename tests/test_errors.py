@@ -30,11 +30,15 @@ BAD_SPACES = [
     ("more stages than entries", TINY.replace("num_stages: [2, 3]", "num_stages: [2, 4]"), "num_stages: choice 4 needs 4"),
     ("first stage relative width", TINY.replace("{depth: [1], width: [8, 16]}", "{depth: [1], width_mult: [2]}"),
      "stages[0].width_mult: the first stage"),
-    ("both width kinds", TINY.replace("width_mult: [1, 2],", "width_mult: [1, 2], width: [8],"), "stages[1].width: give exactly one"),
-    ("impossible attention width", TINY.replace("width: [4, 32], token_mixer: [attention]", "width: [4, 12], token_mixer: [attention]"),
+    ("both width kinds", TINY.replace("width_mult: [1, 2],", "width_mult: [1, 2], width: [8],"),
+     "stages[1].width: give exactly one"),
+    ("impossible attention width", TINY.replace("width: [4, 32], token_mixer: [attention]",
+                                                "width: [4, 12], token_mixer: [attention]"),
      "stages[2].width: no reachable width is divisible by head_dim 8"),
-    ("missing required key", "\n".join(l for l in TINY.splitlines() if not l.startswith("num_stages")), "num_stages: required key"),
-    ("negative depth", TINY.replace("{depth: [1], width: [8, 16]}", "{depth: [-1], width: [8, 16]}"), "stages[0].depth: choice -1"),
+    ("missing required key", "\n".join(l for l in TINY.splitlines() if not l.startswith("num_stages")),
+     "num_stages: required key"),
+    ("negative depth", TINY.replace("{depth: [1], width: [8, 16]}", "{depth: [-1], width: [8, 16]}"),
+     "stages[0].depth: choice -1"),
     ("malformed YAML", TINY.replace("resolution: [64]", "resolution: [64"), "malformed YAML at line"),
     ("document is a list", "- 1\n- 2\n", "expected a mapping"),
     ("bad rules value", TINY + "rules: {min_grid: 0}\n", "rules.min_grid: must be >= 1"),
@@ -109,6 +113,7 @@ def test_passwords_never_reach_messages(capsys):
     assert mask_secrets("sqlite:///a.db") == "sqlite:///a.db"
     from .conftest import ROOT
 
-    code = main(["search", str(ROOT / "trials" / "quickstart.yaml"), "--storage", "postgresql://u:S3cret@127.0.0.1:1/x", "tracking.enabled=false"])
+    code = main(["search", str(ROOT / "trials" / "quickstart.yaml"), "--storage", "postgresql://u:S3cret@127.0.0.1:1/x",
+                 "tracking.enabled=false"])
     err = capsys.readouterr().err
     assert code == 2 and "S3cret" not in err and "u:***@127.0.0.1" in err

@@ -39,7 +39,8 @@ def test_today_s_copy_keeps_the_strides_and_says_its_grid_is_one_64th():
 
 
 def test_a_spec_with_fewer_downsamplings_than_the_shrink_loses_them_all():
-    stride16 = dataclasses.replace(HD, stages=tuple(dataclasses.replace(s, downsample=i in (1, 2)) for i, s in enumerate(HD.stages)))
+    stride16 = dataclasses.replace(HD, stages=tuple(dataclasses.replace(s, downsample=i in (1, 2)) for i,
+                                                    s in enumerate(HD.stages)))
     net = ProxyGeometry("late_grid", side_scale=0.125).network(stride16, 512)
     assert net.output_stride == 4 and not any(s.downsample for s in net.stages)
 

@@ -55,7 +55,8 @@ def test_alias_bomb_is_refused_at_once_everywhere(tmp_path):
     proc = _cli(["search", str(bomb), "n_trials=3"], ROOT, timeout=60)
     _one_line_error(proc, "bomb.yaml", "expands to more than")
     assert time.perf_counter() - t0 < 30  # the interpreter's start-up; the refusal itself is milliseconds
-    for command in (["sample", str(bomb), "--out", str(tmp_path / "s")], ["build", str(bomb)], ["ablate", str(bomb), "--out", str(tmp_path / "a")]):
+    for command in (["sample", str(bomb), "--out", str(tmp_path / "s")], ["build", str(bomb)], ["ablate", str(bomb), "--out",
+                                                                                                str(tmp_path / "a")]):
         _one_line_error(run_cli(command, ROOT), "expands to more than")
     assert not (tmp_path / "s").exists()
 

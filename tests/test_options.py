@@ -62,7 +62,8 @@ from archsearch.references import load_spec
 from archsearch.tracking import Tracker
 from archsearch.trials import TrackingConfig
 draw(load_space("search_spaces/fastvit.yaml"), 2, seed=0)
-Measurer(MeasureOptions(latency=LatencyConfig(threads=1, warmup=0, repeats=2))).measure(load_spec("fastvit_t8"), 64, ["macs", "latency"])
+m = Measurer(MeasureOptions(latency=LatencyConfig(threads=1, warmup=0, repeats=2)))
+m.measure(load_spec("fastvit_t8"), 64, ["macs", "latency"])
 t = Tracker(TrackingConfig(uri="sqlite:///" + sys.argv[1] + "/m.db"))
 t.finish_study(t.start_study("s", {"a": "b"}))
 print(json.dumps([before, after_import, state()]))

@@ -92,6 +92,7 @@ def test_timm_reference_in_an_ablation(tmp_path):
                     "resolutions: [64]\nmetrics: [params, tokens]\n")
     specs = build_variants(load_ablation(path))
     assert [s.name for s in specs] == ["t8", "vit"] and specs[1].visual_tokens(64) == 16
-    path.write_text(path.read_text().replace("spec: 'timm:vit_tiny_patch16_224'}", "spec: 'timm:vit_tiny_patch16_224', edits: [depth=2]}"))
+    path.write_text(path.read_text().replace("spec: 'timm:vit_tiny_patch16_224'}",
+                                             "spec: 'timm:vit_tiny_patch16_224', edits: [depth=2]}"))
     with pytest.raises(ConfigError, match="reference encoder"):
         build_variants(load_ablation(path))

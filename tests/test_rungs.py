@@ -106,7 +106,8 @@ def test_a_timed_study_finishes_its_front_in_the_last_share_of_its_time():
 
     study = optuna.create_study(directions=["minimize", "maximize"])
     for n, (macs, acc) in enumerate([(5.0, 0.4), (8.0, 0.6)]):
-        study.add_trial(create_trial(state=TrialState.PRUNED, params={"w": n}, distributions={"w": CategoricalDistribution([0, 1])},
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"w": n}, distributions={"w": CategoricalDistribution([0,
+                                                                                                                            1])},
                                      user_attrs={"rungs": {"0": [macs, acc]}, "stopped_at_rung": 0, "spec_hash": f"s{n}"}))
     fidelity = FidelityConfig(metric="train_top1", rungs=[2, 4], finish_share=0.25)
     objectives = [SimpleNamespace(name="macs", direction="minimize"), SimpleNamespace(name="train_top1", direction="maximize")]

@@ -2,6 +2,7 @@
 MLflow runs, Pareto export. Tiny spaces and cheap objectives keep each test to seconds."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -197,16 +198,27 @@ def test_sigint_then_resume(tmp_path):
     assert {n: v for n, v in ((t.number, t.values) for t in after.trials) if n in kept} == kept
 
 
+def _heartbeat_age_s(db: Path):
+    """Seconds since the newest trial heartbeat Optuna's RDB storage holds (None before the first), by the database's
+    own clock (SQLite's CURRENT_TIMESTAMP is UTC)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as con:
+        row = con.execute("SELECT (julianday('now') - julianday(MAX(heartbeat))) * 86400 FROM trial_heartbeats").fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def test_sigkill_worker_trial_is_failed_by_heartbeat_and_retried(tmp_path):
     path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
     victim = cli_popen(["worker", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0"], tmp_path)
     wait_for(lambda: any(s == TrialState.RUNNING for s in study_states(url).values()), 240, "a running trial")
-    time.sleep(1.5)  # let its heartbeat start
+    wait_for(lambda: _heartbeat_age_s(tmp_path / "study.db") is not None, 60, "the running trial's heartbeat")
     running = [n for n, s in study_states(url).items() if s == TrialState.RUNNING]
     victim.send_signal(signal.SIGKILL)
     victim.communicate(timeout=60)
-    time.sleep(4)  # longer than grace_s: the trial is stale now
+    # grace_s is 3: the trial is stale once its last heartbeat is older than that (read from the storage).
+    wait_for(lambda: _heartbeat_age_s(tmp_path / "study.db") > 3.2, 60, "the killed trial's heartbeat to go stale")
     rescuer = cli_popen(["worker", str(path)], tmp_path)
     out, err = rescuer.communicate(timeout=600)
     assert rescuer.returncode == 0, err
@@ -248,7 +260,8 @@ def test_pareto_helpers():
     assert is_fastvithd_like(get_reference("fastvithd").spec)
     assert not is_fastvithd_like(get_reference("fastvit_sa12").spec)
     no_attention = get_reference("fastvithd").spec
-    no_attention = no_attention.replace(stages=tuple(s.__class__(**{**s.__dict__, "token_mixer": "repmixer"}) for s in no_attention.stages))
+    no_attention = no_attention.replace(stages=tuple(s.__class__(**{**s.__dict__,
+                                                                    "token_mixer": "repmixer"}) for s in no_attention.stages))
     assert not is_fastvithd_like(no_attention)
 
 
@@ -264,8 +277,12 @@ def test_paretocli_popen(tmp_path, capsys):
 
 
 def test_train_proxy_objective(tmp_path):
-    cfg = load_trials(experiment(tmp_path, objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
-                                  n_trials=2), ["measure.train.steps=4", "measure.train.resolution=32", "measure.train.data=digits", "measure.train.train_size=64", "measure.train.val_size=32", "measure.train.batch_size=16", "tracking.enabled=false"])
+    cfg = load_trials(experiment(tmp_path,
+                                 objectives="[{name: train_top1, direction: maximize}, {name: macs, direction: minimize}]",
+                                  n_trials=2), ["measure.train.steps=4", "measure.train.resolution=32",
+                                                "measure.train.data=digits", "measure.train.train_size=64",
+                                                "measure.train.val_size=32", "measure.train.batch_size=16",
+                                                "tracking.enabled=false"])
     study = SearchRunner(cfg).run().study
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert done and all(0.0 <= t.values[0] <= 1.0 for t in done)
@@ -275,7 +292,8 @@ def test_train_proxy_objective(tmp_path):
 def test_a_run_that_only_failed_exits_non_zero(tmp_path):
     # Every trial fails (no CUDA device here): the command says why in one line and exits 1, not 0.
     path = experiment(tmp_path, objectives="[{name: latency_ms}]", n_trials=4)
-    proc = cli_popen(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false", "max_consecutive_failures=2"],
+    proc = cli_popen(["search", str(path), "measure.latency.backend=cuda", "tracking.enabled=false",
+                      "max_consecutive_failures=2"],
                 tmp_path)
     out, err = proc.communicate(timeout=300)
     if proc.returncode == 0 and "cuda" not in err:
@@ -293,7 +311,8 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     # Seconds of timing per trial, so that the kill lands inside a measurement (not between two trials); no
     # reference (it would be timed before any trial, and its enqueued trial is then served from the cache).
-    victim = cli_popen(["search", str(path), "measure.latency.repeats=30000", "measure.latency.noisy_retries=0", "grace_s=600", "tracking.enabled=false",
+    victim = cli_popen(["search", str(path), "measure.latency.repeats=30000", "measure.latency.noisy_retries=0", "grace_s=600",
+                        "tracking.enabled=false",
                    "enqueue=[]"], tmp_path)
 
     def measuring() -> list:  # a trial killed before it names its worker waits for grace_s (documented)
@@ -322,7 +341,8 @@ def test_kill_9_then_immediate_rerun_completes_the_budget(tmp_path):
 def test_sigterm_is_handled_like_sigint(tmp_path):
     path = experiment(tmp_path, objectives=SLOW, n_trials=3)
     url = f"sqlite:///{tmp_path}/study.db"
-    proc = cli_popen(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0", "tracking.enabled=false"], tmp_path)
+    proc = cli_popen(["search", str(path), "measure.latency.repeats=3000", "measure.latency.noisy_retries=0",
+                      "tracking.enabled=false"], tmp_path)
     wait_for(lambda: any(s == TrialState.RUNNING for s in study_states(url).values()), 240, "a running trial")
     proc.send_signal(signal.SIGTERM)
     asked = time.monotonic()

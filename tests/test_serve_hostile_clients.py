@@ -50,20 +50,25 @@ def test_unauthenticated_long_paths_cannot_grow_the_log(tmp_path):
         path = "/" + "x" * 8000
         for _ in range(300):
             _raw(server.url, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-        time.sleep(1.2)  # the next refusal logged carries the count of those not logged
-        _raw(server.url, b"GET /v1/device HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        # The next refusal logged (a second after the last) carries the count of those not logged.
+        first = len(server.jobs())
+        deadline = time.monotonic() + 10
+        while len(server.jobs()) == first and time.monotonic() < deadline:
+            _raw(server.url, b"GET /v1/device HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            time.sleep(0.1)
         size = server.log.stat().st_size
         records = server.jobs()
         # Before: every 401 logged its full path (300 x 8 KB = 2.4 MB here). Now: a line a second, each cut short.
         assert size < 20_000, size
         assert all(len(json.dumps(r)) <= 1200 for r in records)
-        assert sum(r.get("not_logged_since", 0) for r in records) + len(records) == 301
+        assert sum(r.get("not_logged_since", 0) for r in records) + len(records) >= 301
     finally:
         server.stop()
 
 
 def _threads(pid: int) -> int:
-    return int(next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Threads:")).split()[1])
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line for line in lines if line.startswith("Threads:")).split()[1])
 
 
 def test_stalled_clients_neither_hold_threads_nor_keep_a_valid_client_out(tmp_path):
@@ -76,7 +81,8 @@ def test_stalled_clients_neither_hold_threads_nor_keep_a_valid_client_out(tmp_pa
             stalled.append(s)
         time.sleep(0.5)
         assert _threads(server.proc.pid) <= 16 + 8, "one thread per stalled client (120 before the cap)"
-        time.sleep(3)  # past the read timeout: every stalled connection is closed by the server
+        stalled[0].settimeout(10)  # past the read timeout (2 s) the server closes every stalled connection
+        assert stalled[0].recv(100) == b"", "a stalled connection is closed by the server after the read timeout"
         import urllib.request
 
         req = urllib.request.Request(server.url + DEVICE_PATH, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -84,8 +90,6 @@ def test_stalled_clients_neither_hold_threads_nor_keep_a_valid_client_out(tmp_pa
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 200 and "fingerprint" in json.loads(r.read())
         assert time.monotonic() - start < 2
-        stalled[-1].settimeout(1)
-        assert stalled[-1].recv(100) == b"", "a stalled connection is closed by the server after the read timeout"
     finally:
         for s in stalled:
             s.close()

@@ -43,7 +43,8 @@ def test_verify_trains_the_front_and_references_per_seed_and_resumes(tmp_path):
     assert v["chance"] == 0.1 and v["setting"]["steps"] == 3 and v["setting"]["data"] == "glyphs"
     assert [m["trial"] for m in v["members"]] == [0, 1]  # the front, not the dominated third trial
     for m in v["members"]:
-        assert {"trial", "spec_hash", "resolution", "stride", "tokens", "search_score", "top1", "at_chance", "dominated"} <= set(m)
+        assert {"trial", "spec_hash", "resolution", "stride", "tokens", "search_score", "top1", "at_chance",
+                "dominated"} <= set(m)
         assert len(m["top1"]) == 2 and isinstance(m["at_chance"], bool) and isinstance(m["dominated"], bool)
         assert m["at_chance"] == (sum(m["top1"]) / 2 <= 0.15)
     assert [(r["name"], r["resolution"], len(r["top1"])) for r in v["references"]] == [("fastvit_sa12", 256, 2)]

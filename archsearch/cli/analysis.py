@@ -217,7 +217,8 @@ def _proxy_fidelity(args: argparse.Namespace) -> int:
                 _warn(f"unit {e.label} failed: {e.error}")
             display.unit(e)
 
-        result = fidelity.run_study(plan, Path(args.out), command=command, kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
+        result = fidelity.run_study(plan, Path(args.out), command=command,
+                                    kinds=[k.strip() for k in args.kinds.split(",") if k.strip()],
                                     accelerator=args.accelerator, workers=args.workers, data_root=args.data_root,
                                     deadline_s=args.deadline_s, analyse_only=args.analyse_only, progress=show)
     path = result["report"]

@@ -155,7 +155,8 @@ def _print_measure_table(rows: list[dict], metrics: list[str], ratio: bool) -> N
             for key in METRICS[name].objectives:
                 columns.append((key, _number_column(key)))
     if ratio:
-        columns.append(("latency / vs (IQR)", lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
+        columns.append(("latency / vs (IQR)",
+                        lambda r: f"{r['latency_ratio_vs']['median']:.3f} ({r['latency_ratio_vs']['iqr']:.3f})"))
     table = Table()
     for name, _ in columns:
         table.add_column(name, no_wrap=True)

@@ -151,7 +151,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--resolution", default=None,
                    help="input resolution (default: the trial's; for a reference or spec file, 1024)")
     p.add_argument("--storage", default=None, help="Optuna storage URL of the study, for SOURCE=STUDY:TRIAL")
-    p.add_argument("--weights", default=None, help="a state_dict (.pt/.pth or .safetensors) to export instead of the initial weights")
+    p.add_argument("--weights", default=None,
+                   help="a state_dict (.pt/.pth or .safetensors) to export instead of the initial weights")
     p.add_argument("--json", action="store_true")
     _overwrite_arg(p)
 

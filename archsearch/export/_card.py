@@ -14,7 +14,8 @@ def snippets(result) -> dict:
     """The two loading snippets, as code that runs from the folder's parent (the tests run them)."""
     h, w = result.resolution
     pre = "import archsearch  # registers the timm model this folder names\n" if result.needs_archsearch else ""
-    timm_code = (f"{pre}import timm, torch\n\nmodel = timm.create_model(\"local-dir:{result.out.name}/timm\", pretrained=True).eval()\n"
+    timm_code = (f"{pre}import timm, torch\n\nmodel = timm.create_model(\"local-dir:{result.out.name}/timm\", "
+                 f"pretrained=True).eval()\n"
                  f"with torch.no_grad():\n    features = model.forward_features(torch.randn(1, 3, {h}, {w}))\n"
                  f"print(features.shape)  # (1, {result.grid and ''}C, {result.grid[0]}, {result.grid[1]})\n")
     ort_code = ("import numpy as np, onnxruntime as ort\n\n"
@@ -38,7 +39,8 @@ def card(spec: ArchSpec, result, origin) -> str:
         "| | |", "| --- | --- |",
         f"| arch | `{spec.code}` (spec hash `{spec.spec_hash}`) |",
         f"| resolution | {h}x{w} px |",
-        f"| output grid | {gh}x{gw} = {gh * gw} visual tokens, {spec.out_channels} channels (output stride {spec.output_stride}) |",
+        f"| output grid | {gh}x{gw} = {gh * gw} visual tokens, {spec.out_channels} channels (output stride {spec.output_stride}) "
+        f"|",
         f"| params | {result.params:,} (training form) |",
         f"| MACs | {result.macs / 1e9:.3f} G (deploy form, batch 1) |",
         f"| formats | {', '.join(result.formats)} |",
@@ -68,7 +70,8 @@ def card(spec: ArchSpec, result, origin) -> str:
         else:
             lines += ["`timm/` is plain timm: no archsearch needed.", ""]
         lines += ["```python", snippets(result)["timm"].rstrip(), "```", "",
-                  f"Train it with timm: `python train.py --model local-dir:{result.out.name}/timm --pretrained --num-classes N ...` "
+                  f"Train it with timm: `python train.py --model local-dir:{result.out.name}/timm --pretrained --num-classes N "
+                  f"...` "
                   "(`pretrained` loads `model.safetensors`, as it does for any timm folder; without it timm builds the "
                   "same encoder with fresh weights; the classifier head is new).", ""]
     if "onnx" in result.formats:

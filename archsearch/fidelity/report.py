@@ -28,7 +28,8 @@ def plot_tau_vs_cost(result: dict, path: Path) -> Optional[Path]:
         ax.annotate(n, (v["cost_s"], v["tau"]), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ceiling = result["noise_ceiling_tau"]
     ax.axhline(ceiling, color="C2", ls="--", lw=1, label=f"noise ceiling (seed vs seed) {ceiling:.2f}")
-    ax.axhline(result["chosen"]["bar"], color="C1", ls=":", lw=1, label=f"bar min(0.6, 0.8 x ceiling) = {result['chosen']['bar']:.2f}")
+    ax.axhline(result["chosen"]["bar"], color="C1", ls=":", lw=1,
+               label=f"bar min(0.6, 0.8 x ceiling) = {result['chosen']['bar']:.2f}")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("cost per spec (s, CPU of the search machine; log)")
@@ -102,10 +103,12 @@ def _setup(result: dict) -> List[str]:
         f"* Signals from a third seed ({plan['signal_seed']}), so that no signal shares a run with the reference: zero-cost "
         f"proxies on one real batch of 64 at init; params and MACs of the full spec (MACs at {_macs_words(plan)}); "
         f"`train_top1@B` and `train_loss_sum@B` (sum of the training losses, negated so higher is better) of a separate "
-        f"B-step training (its own one-cycle schedule); `ensemble` = mean rank of {', '.join(ENSEMBLE).format(b0=min(plan['short_steps']))}"
+        f"B-step training (its own one-cycle schedule); `ensemble` = mean rank of "
+        f"{', '.join(ENSEMBLE).format(b0=min(plan['short_steps']))}"
         f" (fixed before any result was seen).",
         "* Cost per spec: median over specs, in seconds of the CPU the cost units ran on ("
-        + (", ".join(d for d in result["devices"] if d.startswith("cpu")) or "none recorded") + "; training: start-up plus B x the "
+        + (", ".join(d for d in result["devices"] if d.startswith("cpu")) or "none recorded") + "; training: start-up plus B x "
+        "the "
         "per-step time measured on that CPU for each spec; zero-cost: measured there).",
         f"* Reference top-1 range (mean of seeds): {result['reference_top1_range']}.\n",
     ]
@@ -122,7 +125,8 @@ def _choice(result: dict) -> List[str]:
         ("* **Nothing can be chosen: the two reference seeds do not agree** (noise ceiling not above 0), so no signal "
          "can be judged against them. Train the references longer, or on more specs, before trusting any signal."
          if ch.get("judged") is False and ch["name"] is None and result["n_specs"] >= _MIN_RANKED else
-         f"* **Chosen: `{ch['name']}`**, the cheapest signal at or above the bar (tau {_fmt(ch['tau'])})." if ch["passed_bar"] else
+         f"* **Chosen: `{ch['name']}`**, the cheapest signal at or above the bar "
+         f"(tau {_fmt(ch['tau'])})." if ch["passed_bar"] else
          f"* **No signal reached the bar.** The best was `{ch['name']}` (tau {_fmt(ch['tau'])}); the shipped searches use it."
          if ch["name"] is not None else
          f"* **No signal scored yet**: a rank correlation needs at least {_MIN_RANKED} specs with both references."),
@@ -173,7 +177,8 @@ def _signal_table(result: dict) -> List[str]:
         h = result.get("signals_holdout", {}).get(n)
         held = f"{_fmt(h['tau'])} [{h['tau_ci'][0]:.2f}, {h['tau_ci'][1]:.2f}]" if h and h.get("tau") is not None else "-"
         lines.append(f"| {n} | {_fmt(v['tau'])} | [{v['tau_ci'][0]:.2f}, {v['tau_ci'][1]:.2f}] | {_fmt(v['rho'])} | "
-                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v.get('tau_partial_macs'))} | {_fmt(v['top_quarter_precision'], 2)} "
+                     f"{_fmt(v['tau_partial_params'])} | {_fmt(v.get('tau_partial_macs'))} | "
+                     f"{_fmt(v['top_quarter_precision'], 2)} "
                      f"| {_within(v, 'resolution')} | {_within(v, 'tokens')} | {_fmt(v.get('top_quarter_at_chance'), 2)} "
                      f"| {_fmt(v['cost_s'], 2)} | {held} |")
     return lines

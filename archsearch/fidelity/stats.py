@@ -246,8 +246,10 @@ def analyse(out: Path, *, command: str = "") -> dict:
     chosen_name = passing[0][1] if passing else best
     h_ref, h_sig, h_cost = _signal_table(plan, runs, hold_idx, sides)
     h_signals, h_common = _evaluate(plan, h_ref, h_sig, h_cost, groups) if h_ref else ({}, [])
-    chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "judged": judged, "tau": signals.get(chosen_name, {}).get("tau"),
-              "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name, {}).get("tau_ci"),
+    chosen = {"name": chosen_name, "passed_bar": bool(passing), "bar": bar, "judged": judged, "tau": signals.get(chosen_name,
+                                                                                                                 {}).get("tau"),
+              "tau_holdout": h_signals.get(chosen_name, {}).get("tau"), "tau_holdout_ci": h_signals.get(chosen_name,
+                                                                                                        {}).get("tau_ci"),
               "n_holdout": len(h_common)}
     if len(h_common) >= _MIN_RANKED:
         h_seeds = list(zip(*[h_ref[i] for i in h_common]))
@@ -329,7 +331,8 @@ def _scaling_subset(plan: FidelityPlan, runs: List[dict]) -> dict:
         idx = sorted(rows)
         a, b = [rows[i][plan.reference_seeds[0]] for i in idx], [rows[i][plan.reference_seeds[1]] for i in idx]
         mean = [(x + y) / 2 for x, y in zip(a, b)]
-        entry = {"n": len(idx), "seed_tau": round(_kendall(a, b), 3), "top1_min": round(min(mean), 4), "top1_max": round(max(mean), 4),
+        entry = {"n": len(idx), "seed_tau": round(_kendall(a, b), 3), "top1_min": round(min(mean), 4),
+                 "top1_max": round(max(mean), 4),
                  "distinct_trained_copies": len(set(hashes[key][i] for i in idx))}
         own_rows = table.get(own, {})
         shared = [i for i in idx if len(own_rows.get(i, {})) == 2]

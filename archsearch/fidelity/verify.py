@@ -188,7 +188,8 @@ def _markdown(r: dict) -> str:
         lines.append(f"| trial {m['trial']} | `{m['arch']}` | {m['resolution']} | {m['stride']} | {m['tokens']} | "
                      f"{s[r['accuracy_objective']]:.4g} | " + " | ".join(f"{s[n]:.4g}" for n in others)
                      + f" | {', '.join(f'{v:.3f}' for v in m['top1'])} | {m['at_chance']} | {m['dominated']} |")
-    lines += ["", "| reference | arch | resolution | stride | tokens | top-1 per seed |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines += ["", "| reference | arch | resolution | stride | tokens | top-1 per seed |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
     for ref in r["references"]:
         lines.append(f"| {ref['name']} | `{ref['arch']}` | {ref['resolution']} | {ref['stride']} | {ref['tokens']} | "
                      f"{', '.join(f'{v:.3f}' for v in ref['top1'])} |")
@@ -208,7 +209,8 @@ def _plot(r: dict, path: Path) -> None:
     for ax, name in zip(axes[0], others):
         i = r["objectives"].index(name)
         xs = [m["search_score"][name] for m in r["members"]]
-        ax.scatter(xs, [statistics.fmean(m["top1"]) for m in r["members"]], c=["C3" if m["at_chance"] else "C0" for m in r["members"]],
+        ax.scatter(xs, [statistics.fmean(m["top1"]) for m in r["members"]],
+                   c=["C3" if m["at_chance"] else "C0" for m in r["members"]],
                    label="front members (red: at chance)")
         for ref in r["references"]:
             if ref["values"]:

@@ -63,7 +63,8 @@ def _stage_components(spec: ArchSpec, stage, dim_in: int, grid_in: Tuple[int, in
     if stage.pos_enc != "none":
         out.append(Component(f"{stage.pos_enc}:w{stage.width}:k{stage.cpe_kernel}:{grid[0]}x{grid[1]}", 1,
                              piece("pos_emb", c_in=stage.width, g=grid)))
-    mixer = f"attention:{spec.norm}:hd{spec.head_dim}" if stage.token_mixer == "attention" else f"repmixer:k{spec.repmixer_kernel}"
+    mixer = (f"attention:{spec.norm}:hd{spec.head_dim}" if stage.token_mixer == "attention"
+             else f"repmixer:k{spec.repmixer_kernel}")
     out.append(Component(f"block:{mixer}:w{stage.width}:r{stage.mlp_ratio:g}:ls{int(spec.layer_scale)}:{grid[0]}x{grid[1]}",
                          stage.depth, piece("blocks", c_in=stage.width, g=grid, idx=0)))
     return out

@@ -343,7 +343,8 @@ def compare_latency(
     cfg = config or LatencyConfig()
     hw_a = parse_resolution(resolution)
     hw_b = parse_resolution(resolution_b) if resolution_b is not None else hw_a
-    pairs = [(deploy_model(a, resolution=hw_a), _example(a, hw_a, cfg)), (deploy_model(b, resolution=hw_b), _example(b, hw_b, cfg))]
+    pairs = [(deploy_model(a, resolution=hw_a), _example(a, hw_a, cfg)), (deploy_model(b, resolution=hw_b), _example(b, hw_b,
+                                                                                                                     cfg))]
     with _timing_environment(cfg):
         session = _open(pairs, cfg)
         ta, tb, ratios = session.interleave(cfg, MAX_BURST)

@@ -266,7 +266,8 @@ class LatencyPredictor:
                 stats = measure_latency(spec, res, self.config).stats
                 measured, cv = (stats.p10_ms if self.statistic == "p10" else stats.median_ms), stats.cv
             ratios.append(measured / raw)
-            rows.append({"spec_hash": spec.spec_hash, "arch": spec.code, "resolution": res, "sum_ms": raw, "measured_ms": measured,
+            rows.append({"spec_hash": spec.spec_hash, "arch": spec.code, "resolution": res, "sum_ms": raw,
+                         "measured_ms": measured,
                          "cv": cv, "noisy": cv > self.config.max_cv})
             if progress:
                 progress(spec.code)
@@ -278,7 +279,8 @@ class LatencyPredictor:
                 "recalibrate on a quiet machine (a new table: another ARCHSEARCH_CACHE_DIR)")
         if ratios:
             self.scale, self.exponent = _fit_power(rows)
-            self.fit = {"scale": self.scale, "exponent": self.exponent, "ratios": ratios, "specs": rows, "statistic": self.statistic}
+            self.fit = {"scale": self.scale, "exponent": self.exponent, "ratios": ratios, "specs": rows,
+                        "statistic": self.statistic}
             self.sum_range = _sum_range(self.fit)
             self.save()
         return self.fit

@@ -136,7 +136,8 @@ class RemoteSession:
             answer = _call(cfg.url, TIME_PATH, cfg.request_timeout_s, job_to_json(job))
         answer = _checked(cfg.url, check_time_answer, answer, job)
         if answer["fingerprint"] != self.fingerprint:
-            raise MeasurementError(f"device {cfg.url} changed during the study ({self.fingerprint} -> {answer.get('fingerprint')}): "
+            raise MeasurementError(f"device {cfg.url} changed during the study ({self.fingerprint} -> "
+                                   f"{answer.get('fingerprint')}): "
                                    "restart the search to time on the new one")
         return answer
 

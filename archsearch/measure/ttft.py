@@ -72,7 +72,8 @@ LLM_PRESETS: Dict[str, LLMShape] = {
     s.name: s
     for s in [
         LLMShape("qwen2-0.5b", layers=24, hidden=896, heads=14, kv_heads=2, intermediate=4864, vocab=151936, tie_embeddings=True),
-        LLMShape("qwen2-1.5b", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, vocab=151936, tie_embeddings=True),
+        LLMShape("qwen2-1.5b", layers=28, hidden=1536, heads=12, kv_heads=2, intermediate=8960, vocab=151936,
+                 tie_embeddings=True),
         LLMShape("qwen2-7b", layers=28, hidden=3584, heads=28, kv_heads=4, intermediate=18944, vocab=152064),
     ]
 }

@@ -25,7 +25,8 @@ def _check_model(i: int, path: str) -> None:
     try:
         model = onnx.load_model(path, load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
-        raise ValueError(f"models[{i}]: not an ONNX model ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
+        why = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
+        raise ValueError(f"models[{i}]: not an ONNX model ({why})") from None
     if model.ir_version <= 0 or not model.graph.node:
         raise ValueError(f"models[{i}]: not an ONNX model (no graph)")
     if any(uses_external_data(t) for t in _get_all_tensors(model)):
@@ -55,7 +56,8 @@ def run(paths: List[str], protocol: Dict[str, Any]) -> Dict[str, Any]:
             forward = _timing.ort_forward(onnx_bytes, x, threads=protocol["threads"], provider=protocol["provider"])
             forward.run()  # a wrong shape fails here, as one line, not in the middle of the timing
         except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own exception types for any model it rejects
-            raise ValueError(f"models[{i}]: ONNX Runtime cannot run it on shape {list(shape)}: {str(e).splitlines()[0][:120]}") from None
+            why = str(e).splitlines()[0][:120]
+            raise ValueError(f"models[{i}]: ONNX Runtime cannot run it on shape {list(shape)}: {why}") from None
         forwards.append(forward)
     warmup, repeats, budget = protocol["warmup"], protocol["repeats"], protocol["time_budget_s"]
     if protocol["mode"] == "interleave":

@@ -298,7 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
             while left > 0:
                 if time.monotonic() > deadline:
                     return None
-                chunk = self.rfile.read1(min(left, 1 << 20)) if hasattr(self.rfile, "read1") else self.rfile.read(min(left, 1 << 20))
+                chunk = self.rfile.read1(min(left, 1 << 20)) if hasattr(self.rfile, "read1") else self.rfile.read(min(left,
+                                                                                                                      1 << 20))
                 if not chunk:
                     return None
                 parts.append(chunk)
@@ -406,7 +407,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(422, {"error": message}, close=True)
         status, answer = self.device.submit(job)
         record: Dict[str, Any] = {"client": self.client_address[0], "path": url.path, "status": status,
-                                  "model_sha256": answer.get("model_sha256") or [hashlib.sha256(m).hexdigest() for m in job.models],
+                                  "model_sha256": (answer.get("model_sha256")
+                                                   or [hashlib.sha256(m).hexdigest() for m in job.models]),
                                   "shapes": [list(s) for s in job.shapes], "mode": job.mode, "repeats": job.repeats}
         if status == 200:
             record["median_ms"] = [round(statistics.median(t), 4) for t in answer["times_ms"]]
