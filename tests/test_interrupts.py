@@ -52,7 +52,7 @@ def test_an_interrupt_no_safe_point_takes_is_raised_after_the_grace(monkeypatch)
         with _interrupts.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             _busy(10.0)
-    assert time.monotonic() - start < 5.0
+    assert time.monotonic() - start < 0.5 * 10.0  # stopped well inside the work it interrupted
 
 
 def test_the_grace_also_ends_a_wait_that_blocks_the_main_thread(monkeypatch):
@@ -65,7 +65,7 @@ def test_the_grace_also_ends_a_wait_that_blocks_the_main_thread(monkeypatch):
         with _interrupts.deferred():
             os.kill(os.getpid(), signal.SIGTERM)
             never.wait(30.0)
-    assert time.monotonic() - start < 5.0
+    assert time.monotonic() - start < 0.2 * 30.0  # woken long before the wait would have ended
 
 
 def test_an_ignored_sigint_stays_ignored():
