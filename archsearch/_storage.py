@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from . import _optuna
 from ._record import ATTR_WORKER
 
 __all__ = ["BudgetLock", "WORKER", "dead_local_worker", "fail_running", "fail_trials_of_dead_workers", "open_storage",
@@ -147,7 +148,7 @@ def fail_trials_of_dead_workers(study, *, max_retry: int, warn: Callable[[str], 
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage  # the Study API exposes no storage of its own; the trial ids live there
+    storage = _optuna.storage_of(study)
     if isinstance(storage, optuna.storages.InMemoryStorage):
         return
     with quiet_experimental():
@@ -156,10 +157,10 @@ def fail_trials_of_dead_workers(study, *, max_retry: int, warn: Callable[[str], 
             pid = dead_local_worker(t.user_attrs.get(ATTR_WORKER))
             if pid is None:
                 continue
-            if not fail_running(storage, t._trial_id, f"its worker (pid {pid} on this host) died"):
+            if not fail_running(storage, _optuna.trial_id(t), f"its worker (pid {pid} on this host) died"):
                 continue  # another worker got there first
             warn(f"trial {t.number}: its worker (pid {pid}) is gone; the trial is failed and retried")
-            retry(study, storage.get_trial(t._trial_id))
+            retry(study, storage.get_trial(_optuna.trial_id(t)))
         optuna.storages.fail_stale_trials(study)
 
 

@@ -26,6 +26,7 @@ from . import _interrupts, _scoped
 from ._evaluate import Evaluator
 from ._observe import close_parent_run, open_parent_run, track_trial, trial_event
 from ._record import ATTR_WORKER, TrialRecord
+from . import _optuna
 from ._storage import WORKER, BudgetLock, fail_running, fail_trials_of_dead_workers
 from ._study import check_conditions, check_space, conditions, freeze_predictor, open_study, record_identity
 from .errors import mask_secrets
@@ -108,7 +109,7 @@ class SearchRunner:
         self.tracker = Tracker(cfg.tracking, warn)
         self.parent_run_id: Optional[str] = None
         #: The trial this process's objective is running, and whether an interrupt ended it (see _run).
-        self._trial_id: Optional[int] = None
+        self._running_id: Optional[int] = None
         self._interrupted = False
         #: Trials this process ended, by state, and the last error among them (for the run's exit status).
         self.states_here: Dict[str, int] = {}
@@ -116,9 +117,9 @@ class SearchRunner:
         self.measured_here = 0
 
     def objective(self, trial: optuna.Trial) -> List[float]:
-        # The storage's id of the trial (Trial has no public one): the loop reads the finished trial back by it,
-        # and an interrupted one is marked failed through it.
-        self._trial_id = trial._trial_id
+        # The storage's id of the trial: the loop reads the finished trial back by it, and an interrupted one is
+        # marked failed through it.
+        self._running_id = _optuna.trial_id(trial)
         try:
             return self._objective(trial)
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (_interrupts.Terminated)
@@ -214,8 +215,8 @@ class SearchRunner:
             finally:
                 self.lock.release()
             ran += 1
-            assert self._trial_id is not None
-            trial = self.study._storage.get_trial(self._trial_id)  # this process's trial (the Study API has no lookup by id)
+            assert self._running_id is not None
+            trial = _optuna.get_trial(self.study, self._running_id)  # this process's own trial
             record = TrialRecord.of(trial)
             self._account(record)
             track_trial(self.tracker, self.parent_run_id, record, study_name=self.cfg.study, objectives=self._objectives,
@@ -234,10 +235,10 @@ class SearchRunner:
         return SearchResult(self.study, ran, stopped, budget)
 
     def _fail_interrupted_trial(self) -> None:
-        if self._trial_id is None:
+        if self._running_id is None:
             return
         try:
-            fail_running(self.study._storage, self._trial_id, "interrupted (SIGINT or SIGTERM)")
+            fail_running(_optuna.storage_of(self.study), self._running_id, "interrupted (SIGINT or SIGTERM)")
         except Exception as e:  # noqa: BLE001 - the storage still refuses: a rerun fails and retries it (heartbeat, grace_s)
             self.warn(f"could not mark the interrupted trial failed ({type(e).__name__}); a rerun will, after grace_s")
 
