@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, cast
 
 from . import _interrupts
 from .errors import ConfigError, MeasurementError
@@ -25,7 +25,8 @@ from .spec import ArchSpec, Resolution, parse_resolution
 
 _log = logging.getLogger("archsearch")
 
-__all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_metrics", "resolve_objective"]
+__all__ = ["METRICS", "OBJECTIVES", "Measurer", "Metric", "metric_of", "parse_metrics", "proxy_row", "refuse_nan",
+           "resolve_objective"]
 
 
 
@@ -64,11 +65,7 @@ class Measurer:
     def _cached(self, key: str, compute: Callable[[], dict]) -> dict:
         hit = self.cache.get(key)
         if hit is None:
-            hit = compute()
-            nan = nan_fields(hit)
-            if nan:  # never cached, never returned as a value
-                raise MeasurementError(f"{json.loads(key).get('metric', 'measurement')}: {', '.join(nan)} came out NaN "
-                                       "(a training that diverged?); nothing was stored")
+            hit = refuse_nan(json.loads(key).get("metric", "measurement"), compute())  # never cached as a value
             self.cache.put(key, hit)
         return hit
 
@@ -166,11 +163,7 @@ class Measurer:
             return hit if i is None else {**hit, **TrainResult.from_dict(hit).stopped_at_boundary(i).to_dict()}
         result = train_proxy(spec, cfg, rungs=hook).to_dict()
         if result["stopped_at"] is None:
-            nan = nan_fields(result)
-            if nan:
-                raise MeasurementError(f"train_rungs: {', '.join(nan)} came out NaN (a training that diverged?); nothing was "
-                                       f"stored")
-            self.cache.put(key, result)
+            self.cache.put(key, refuse_nan("train_rungs", result))
         return result
 
     # --- rows ---------------------------------------------------------------------------------
@@ -192,6 +185,30 @@ class Measurer:
             row.update(METRICS[name].compute(self, spec, hw))
         return row
 
+    def measure_grid(self, specs: Sequence[Encoder], resolutions: Sequence[Resolution], metrics: Sequence[str], *,
+                     vs: Optional[Encoder] = None, on_row: Optional[Callable[[str], None]] = None) -> List[dict]:
+        """A row per (spec, resolution); with ``vs``, each row also carries ``latency_ratio_vs``: the spec's latency
+        against ``vs`` timed interleaved (the ratio survives a drifting machine). ``on_row`` hears each row's label."""
+        from .measure.latency import compare_latency
+
+        if "ttft" in parse_metrics(metrics):
+            _ = self.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
+        rows = []
+        for spec in specs:
+            for res in resolutions:
+                hw = parse_resolution(res)
+                if on_row is not None:
+                    on_row(f"{spec.name or spec.code} @ {hw[0]}x{hw[1]}")
+                row = self.measure(spec, hw, metrics)
+                if vs is not None:
+                    # compare_latency times built modules: a timm: reference encoder compares as well as a spec.
+                    cmp = compare_latency(cast(Any, spec), cast(Any, vs), hw, self.options.latency)
+                    row["latency_ratio_vs"] = {"vs": vs.name or vs.spec_hash, "median": cmp.ratio.median_ms,
+                                               "iqr": cmp.ratio.iqr_ms, "a_median_ms": cmp.a.median_ms,
+                                               "b_median_ms": cmp.b.median_ms, **cmp.conditions}
+                rows.append(row)
+        return rows
+
     def values(self, spec: Encoder, resolution: Resolution, objectives: Sequence[str]) -> Tuple[Dict[str, float], dict]:
         """(objective values by name, the full row) for objective names such as ``macs`` or ``train_loss_sum``."""
         families = list(dict.fromkeys(metric_of(n) for n in objectives))
@@ -202,6 +219,34 @@ class Measurer:
 def nan_fields(result: dict) -> List[str]:
     """The top-level numbers of a result that came out NaN (never a value to cache or store)."""
     return [k for k, v in result.items() if isinstance(v, float) and math.isnan(v)]
+
+
+def refuse_nan(what: str, result: dict) -> dict:
+    """``result``, or one line when a number in it came out NaN: a NaN is never cached, stored or printed as a value."""
+    nan = nan_fields(result)
+    if nan:
+        raise MeasurementError(f"{what}: {', '.join(nan)} came out NaN (a training that diverged?); nothing was stored")
+    return result
+
+
+def proxy_row(spec: ArchSpec, kind: str, config) -> dict:
+    """The ``proxy`` command's row: one zero-cost score (``config`` a ProxyConfig) or one short training (``kind``
+    ``train``, a TrainProxyConfig), with its seconds and the configuration it ran under."""
+    if kind == "train":
+        from .proxy.train import train_proxy
+
+        r = train_proxy(spec, config)
+        row = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
+               "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
+               "config": r.config, "trained_spec_hash": r.trained_spec_hash}
+    else:
+        from .proxy.zero_cost import PROXIES, score_proxy
+
+        if kind not in PROXIES:
+            raise ConfigError("--kind", f"{kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
+        s = score_proxy(spec, kind, config)
+        row = {"kind": kind, "score": s.score, "seconds": s.seconds, "config": s.config, "scored_spec_hash": s.scored_spec_hash}
+    return refuse_nan(kind, row)
 
 
 def _side(resolution: Optional[Resolution]) -> Optional[int]:

@@ -91,7 +91,7 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
 
 @_command("measure", "measure params, MACs, tokens, latency, predicted latency and TTFT", _measure_args)
 def _measure(args: argparse.Namespace) -> int:
-    from ..measure import MeasureCache, compare_latency
+    from ..measure import MeasureCache
     from ..metrics import Measurer, parse_metrics
     from ..references import load_spec
 
@@ -99,25 +99,18 @@ def _measure(args: argparse.Namespace) -> int:
     specs = [load_spec(s) for s in args.specs]
     vs = load_spec(args.vs) if args.vs else None
     resolutions = _resolutions(args.resolution)
-    options = measure_options(args)
-    measurer = Measurer(options, MeasureCache(enabled=not args.no_cache))
-    if "ttft" in metrics:
-        _ = measurer.llm  # resolve the LLM name now: a bad one is a one-line error before any timing
-    rows = []
+    measurer = Measurer(measure_options(args), MeasureCache(enabled=not args.no_cache))
     with _progress() as progress:
         task = progress.add_task("measuring", total=len(specs) * len(resolutions))
-        for spec in specs:
-            for res in resolutions:
-                progress.update(task, description=f"{spec.name or spec.code} @ {res[0]}x{res[1]}")
-                row = measurer.measure(spec, res, metrics)
-                if vs is not None:
-                    cmp = compare_latency(spec, vs, res, options.latency)
-                    row["latency_ratio_vs"] = {
-                        "vs": vs.name or vs.spec_hash, "median": cmp.ratio.median_ms, "iqr": cmp.ratio.iqr_ms,
-                        "a_median_ms": cmp.a.median_ms, "b_median_ms": cmp.b.median_ms, **cmp.conditions,
-                    }
-                rows.append(row)
-                progress.advance(task)
+
+        started = [0]
+
+        def row(label: str) -> None:  # called as each row starts: the rows before it are done
+            progress.update(task, description=label, completed=started[0])
+            started[0] += 1
+
+        rows = measurer.measure_grid(specs, resolutions, metrics, vs=vs, on_row=row)
+        progress.update(task, completed=len(specs) * len(resolutions))
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -262,7 +255,6 @@ def _proxy(args: argparse.Namespace) -> int:
     import dataclasses
 
     from ..options import ProxyConfig, TrainProxyConfig
-    from ..proxy import PROXIES, score_proxy
     from ..references import load_spec
 
     from ..spec import ArchSpec
@@ -278,27 +270,11 @@ def _proxy(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cls(), **given)
         return cfg.for_candidate(cfg.candidate_resolution) if "resolution" not in given else cfg
 
+    from ..metrics import proxy_row
+
     if args.kind == "train":
-        from ..proxy.train import train_proxy
-
         given.update(_given(args, _TRAIN_ONLY))
-        r = train_proxy(spec, options(TrainProxyConfig))
-        result = {"kind": "train", "score": r.val_top1, "val_top1": r.val_top1, "val_loss": r.val_loss,
-                  "train_loss": r.train_loss, "loss_sum": r.loss_sum, "history": r.history, "seconds": r.seconds,
-                  "config": r.config, "trained_spec_hash": r.trained_spec_hash}
-    elif args.kind in PROXIES:
-        s = score_proxy(spec, args.kind, options(ProxyConfig))
-        result = {"kind": args.kind, "score": s.score, "seconds": s.seconds, "config": s.config,
-                  "scored_spec_hash": s.scored_spec_hash}
-    else:
-        raise ConfigError("--kind", f"{args.kind!r} is not one of: {', '.join([*PROXIES, 'train'])}")
-    from ..errors import MeasurementError
-    from ..metrics import nan_fields
-
-    nan = nan_fields(result)
-    if nan:
-
-        raise MeasurementError(f"{args.kind}: {', '.join(nan)} came out NaN (a training that diverged?)")
+    result = proxy_row(spec, args.kind, options(TrainProxyConfig if args.kind == "train" else ProxyConfig))
     if args.json:
         print(json.dumps(result))
     else:
