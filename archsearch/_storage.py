@@ -76,7 +76,10 @@ def open_storage(url: str, *, heartbeat_s: int, grace_s: int, max_retry: int):
         # no tables (a 76-line traceback), and nothing would be kept anyway.
         raise ConfigError("storage", f"{url}: an in-memory SQLite database cannot hold a study that workers and "
                                      "heartbeats share; use sqlite:///FILE.db, or storage=memory for one process")
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    # A worker needs two connections at once (its loop and its heartbeat thread): SQLAlchemy's default pool keeps up
+    # to 5 idle and 10 more per process, so a few dozen workers would fill a PostgreSQL server's 100 connections.
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
+                     else {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2})
     try:
         # Workers that start together on a fresh database would all create Optuna's tables at once (on
         # PostgreSQL one dies with a UniqueViolation): the first creates them, the others wait for it.

@@ -1,6 +1,7 @@
 """The fidelity study: resumable units, the statistics it reports, and its output keys."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -105,18 +106,24 @@ def test_a_stopped_study_leaves_no_worker_process_training(tmp_path, signum):
                       "-n", "4", "--holdout", "0", "--data", "digits", "--resolution", "32", "--max-depth", "1",
                       "--batch-size", "8", "--train-size", "64", "--val-size", "32", "--long-steps", "1000000",
                       "--short-steps", "2", "--n-scaling", "0", "--workers", "2"], tmp_path)
-    wait_for(lambda: len(_children(proc.pid)) >= 3, 120, "two worker processes (and the resource tracker)", proc)
-    workers = _children(proc.pid)
-    # The workers have imported torch and are training their units once each has used a few seconds of CPU.
-    wait_for(lambda: sum(_cpu_s(p) > 6 for p in workers) >= 2, 240, "both workers training", proc)
-    assert proc.poll() is None, proc.communicate()
-    start = time.monotonic()
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=60)
-    if signum == signal.SIGTERM:
-        assert time.monotonic() - start < 20, "an interrupt stops the units in flight within seconds"
-        assert proc.returncode == 143 and "rerun to resume" in err, err
-    wait_for(lambda: not any(_alive(p) for p in workers), 15, "no worker process left training")
+    workers: list = []
+    try:
+        wait_for(lambda: len(_children(proc.pid)) >= 3, 120, "two worker processes (and the resource tracker)", proc)
+        workers = _children(proc.pid)
+        # The workers have imported torch and are training their units once each has used a few seconds of CPU.
+        wait_for(lambda: sum(_cpu_s(p) > 6 for p in workers) >= 2, 240, "both workers training", proc)
+        assert proc.poll() is None, proc.communicate()
+        start = time.monotonic()
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        if signum == signal.SIGTERM:
+            assert time.monotonic() - start < 20, "an interrupt stops the units in flight within seconds"
+            assert proc.returncode == 143 and "rerun to resume" in err, err
+        wait_for(lambda: not any(_alive(p) for p in workers), 15, "no worker process left training")
+    finally:  # whatever failed above, no study of a million steps is left training after the test
+        for pid in [*workers, proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_pooled_tau_is_kendall_tau_b_within_one_group_and_ignores_pairs_across_groups():
