@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 VARIANTS = ("fastvithd", "fastvithd_stride32")
 
@@ -53,15 +54,9 @@ def _key(u) -> str:
 
 
 def _done(log: Path) -> dict:
-    runs = {}
-    if log.exists():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that unit runs again
-            runs[r["key"]] = r
-    return runs
+    from _common import finished_units
+
+    return finished_units(log)
 
 
 def run(args) -> None:

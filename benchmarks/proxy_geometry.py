@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 #: (label, variant, candidate resolution): strides 16-128, resolutions 512-1024, the issue's anchors included.
 SPECS = (
@@ -97,16 +98,9 @@ def _key(label: str, geometry: str, seed: int) -> str:
 
 def done(out: Path) -> dict:
     """Every finished unit in ``out/runs*.jsonl`` (one file per process that ran units: GPU shards write their own)."""
-    runs = {}
-    for log in sorted(Path(out).glob("runs*.jsonl")):
-        for raw in log.read_bytes().splitlines():
-            try:
-                r = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                continue  # a line cut short by a kill: that unit runs again
-            if isinstance(r, dict) and "key" in r and isinstance(r.get("val_top1"), (int, float)):
-                runs[r["key"]] = r
-    return runs
+    from _common import finished_units
+
+    return finished_units(*sorted(Path(out).glob("runs*.jsonl")))
 
 
 def run(args) -> None:
