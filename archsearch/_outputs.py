@@ -25,8 +25,8 @@ KINDS = ("pareto", "sample", "report", "ablate")
 KIND_FILES = {"pareto": ("pareto.csv", "pareto.md", "pareto.png"), "report": ("report.md",),
               "ablate": ("results.csv", "results.json", "ablation.json")}
 
-#: Per output directory prepared in this process: files there that no archsearch run wrote (no manifest lists
-#: them). :func:`write_atomic` never replaces one; a run that would is refused in one line.
+#: Per output directory prepared in this process: files there that no earlier run of the same command wrote (its
+#: manifest does not list them). :func:`write_atomic` never replaces one; a run that would is refused in one line.
 _FOREIGN: Dict[Path, set] = {}
 
 
@@ -38,10 +38,10 @@ def _manifest(out: Path) -> Dict[str, List[str]]:
         return {}
 
 
-def _owned(out: Path, manifest: Dict[str, List[str]]) -> set:
-    """Names some archsearch run wrote in ``out``: its manifest, and an ablation written before manifests existed."""
-    names = {n for v in manifest.values() for n in v}
-    if "ablate" not in manifest and (out / "ablation.json").is_file():
+def _owned(out: Path, manifest: Dict[str, List[str]], kind: str) -> set:
+    """Names an earlier run of ``kind`` wrote in ``out``: its manifest, and an ablation written before manifests."""
+    names = set(manifest.get(kind, []))
+    if kind == "ablate" and "ablate" not in manifest and (out / "ablation.json").is_file():
         try:
             legacy = json.loads((out / "ablation.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -56,8 +56,8 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     of the user's own in a prepared output directory is never replaced (one line instead)."""
     path = Path(path)
     if path.name in _FOREIGN.get(path.parent.resolve(), ()) and path.exists():
-        raise ConfigError("--out", f"{path} exists and no archsearch run wrote it; it is left as it is (move it, or "
-                                   "choose another directory)")
+        raise ConfigError("--out", f"{path} exists and no earlier run of this command wrote it; it is left as it is "
+                                   "(move it, or choose another directory)")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if isinstance(data, bytes):
@@ -95,7 +95,7 @@ def prepare_output_dir(out: Path | str, kind: str, *, overwrite: bool = False, o
             raise ConfigError(option, f"{out} is not empty ({shown}); choose an empty directory or pass --overwrite")
         if overwrite:
             manifest = _manifest(out)
-            owned = _owned(out, manifest)
+            owned = _owned(out, manifest, kind)
             foreign = {n for n in present if n not in owned}
             clash = [n for n in KIND_FILES.get(kind, ()) if n in foreign]
             if clash:

@@ -68,3 +68,23 @@ def test_a_study_without_a_complete_trial_is_one_line_exit_1_and_writes_nothing(
     result = run_cli([command, "e", "--storage", url, "--out", tmp_path / "out"])
     assert result.returncode == 1 and "no complete trial (1 fail)" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_replaces_only_what_the_same_command_wrote(tmp_path):
+    """A file that another command recorded is not this command's to replace."""
+    from archsearch._outputs import prepare_output_dir, record_outputs, write_atomic
+    from archsearch.errors import ConfigError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("written by another command\n")
+    record_outputs(out, "pareto", ["report.md"])
+    with pytest.raises(ConfigError, match="not from an earlier `report` run"):
+        prepare_output_dir(out, "report", overwrite=True)
+    (out / "notes.md").write_text("mine\n")
+    record_outputs(out, "report", ["old.png"])
+    prepare_output_dir(tmp_path / "out2", "report")
+    ready = prepare_output_dir(out, "pareto", overwrite=True)  # pareto's own report.md goes; notes.md stays
+    with pytest.raises(ConfigError, match="no earlier run of this command"):
+        write_atomic(ready / "notes.md", "replaced?")
+    assert (out / "notes.md").read_text() == "mine\n" and not (out / "report.md").exists()

@@ -46,7 +46,8 @@ def _ablate(args: argparse.Namespace) -> int:
     if args.report:
         from ..report import report_ablation
 
-        _out.print(f"report: {report_ablation(Path(args.out), Path(args.out))}")
+        home = prepare_output_dir(args.out, "report", overwrite=True)  # the ablation's own folder: its report goes there
+        _out.print(f"report: {report_ablation(Path(args.out), home)}")
     return 0
 
 
