@@ -86,6 +86,7 @@ def prepare_output_dir(out: Path | str, kind: str, *, overwrite: bool = False, o
     if kind not in KINDS:
         raise ValueError(kind)
     out = Path(out)
+    _FOREIGN.pop(out.resolve(), None)  # what an earlier call found there says nothing about this one
     if out.exists() and not out.is_dir():
         raise ConfigError(option, f"{out} is a file; give a directory")
     if out.is_dir():

@@ -88,3 +88,17 @@ def test_overwrite_replaces_only_what_the_same_command_wrote(tmp_path):
     with pytest.raises(ConfigError, match="no earlier run of this command"):
         write_atomic(ready / "notes.md", "replaced?")
     assert (out / "notes.md").read_text() == "mine\n" and not (out / "report.md").exists()
+
+
+def test_each_preparation_decides_afresh_what_is_the_user_s(tmp_path):
+    from archsearch._outputs import prepare_output_dir, write_atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x.png").write_text("the user's")
+    prepare_output_dir(out, "report", overwrite=True)  # x.png is the user's: never replaced in that run
+    (out / "x.png").unlink()
+    prepare_output_dir(out, "report")  # an empty folder now: nothing in it is the user's
+    write_atomic(out / "x.png", "first")
+    write_atomic(out / "x.png", "again")  # this run's own file, rewritten
+    assert (out / "x.png").read_text() == "again"
